@@ -1,0 +1,144 @@
+//! Shared harness of the integration tests: the stack's addresses, unique names, readiness.
+//!
+//! Addresses come from the same layered configuration as the binary (defaults = the local
+//! stack of `infra/local`, overridden by `DIETSTREAM_*` variables, e.g. what `make env`
+//! prints). Every test gets its own topic prefix and keyspace, so tests run in parallel and
+//! again without cleanup. With the `containers` feature the harness starts the official images
+//! instead (needs a Docker engine).
+
+#![allow(dead_code, unreachable_pub)]
+
+#[cfg(feature = "containers")]
+mod containers;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use dietstream::config::Config;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseProducer, Producer};
+use scylla::client::session::Session;
+
+/// A reachable stack and the configuration that reaches it.
+pub struct Stack {
+    /// Addresses of Kafka, the registry and CQL.
+    pub config: Config,
+    /// Names unique to this test: topics and keyspaces derive from it.
+    pub prefix: String,
+    #[cfg(feature = "containers")]
+    _containers: containers::Containers,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test, and no earlier run, uses: process id, random bits, counter.
+pub fn unique_name(kind: &str) -> String {
+    format!(
+        "it_{kind}_{:x}_{:08x}_{}",
+        std::process::id(),
+        rand::random::<u32>(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Stack {
+    /// Connects to the stack and checks that every server answers; panics with what to do
+    /// when one does not.
+    pub async fn get() -> Stack {
+        #[cfg(feature = "containers")]
+        let (config, containers) = containers::Containers::start().await;
+        #[cfg(not(feature = "containers"))]
+        let config = Config::load(None).unwrap_or_else(|e| panic!("{e}"));
+
+        if let Err(problem) = check_reachable(&config).await {
+            panic!(
+                "the test stack is not reachable: {problem}\n\
+                 Start the local stack with `make up` (see README), or point the \
+                 DIETSTREAM_KAFKA__BOOTSTRAP_SERVERS, DIETSTREAM_SCHEMA_REGISTRY__URL and \
+                 DIETSTREAM_CQL__CONTACT_POINTS variables at a running one."
+            );
+        }
+        Stack {
+            config,
+            prefix: unique_name("t"),
+            #[cfg(feature = "containers")]
+            _containers: containers,
+        }
+    }
+
+    /// A topic name owned by this test.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+
+    /// An admin client for the stack's Kafka.
+    pub fn admin(&self) -> AdminClient<DefaultClientContext> {
+        self.config
+            .kafka
+            .client_config()
+            .create()
+            .expect("admin client")
+    }
+
+    /// A CQL session and a fresh keyspace created for this test.
+    pub async fn keyspace(&self) -> (Session, String) {
+        let session = self.config.cql.session().await.expect("CQL session");
+        let keyspace = unique_name("ks");
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE KEYSPACE {keyspace} WITH replication = {}",
+                    self.config.cql.replication()
+                ),
+                (),
+            )
+            .await
+            .expect("create keyspace");
+        (session, keyspace)
+    }
+}
+
+async fn check_reachable(config: &Config) -> Result<(), String> {
+    let timeout = Duration::from_secs(10);
+    let producer: BaseProducer = config
+        .kafka
+        .client_config()
+        .create()
+        .map_err(|e| format!("Kafka client: {e}"))?;
+    let kafka = config.kafka.bootstrap_servers.clone();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| format!("Kafka at {kafka} did not answer a metadata request: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+
+    let url = format!("{}/subjects", config.schema_registry.url);
+    let response = reqwest::Client::new()
+        .get(&url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| format!("schema registry at {url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "schema registry at {url} answered {}",
+            response.status()
+        ));
+    }
+
+    let session = config
+        .cql
+        .session()
+        .await
+        .map_err(|e| format!("CQL: {e}"))?;
+    session
+        .query_unpaged("SELECT release_version FROM system.local", ())
+        .await
+        .map_err(|e| format!("CQL query on system.local: {e}"))?;
+    Ok(())
+}
