@@ -1,0 +1,54 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything they need is
+# installed or fetched by the targets below (Rust components, the servers of the local stack).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+STACK := infra/local/stack
+# The stack's addresses (derived from the STACK_* port settings) for the app and the tests.
+WITH_STACK_ENV := eval "$$($(STACK) env)" &&
+
+# On CI the checkout is fresh every run: keep cargo's build cache outside it.
+ifeq ($(CI),true)
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/dietstream/target
+endif
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help run test up down status clean tools lint unit integration
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+run: up ## Start the local stack and run the main job (today: the end-to-end round trip).
+	$(WITH_STACK_ENV) cargo run --quiet -- roundtrip
+
+test: tools lint up ## Format check, clippy, docs, then every test against the local stack.
+	@log=$$(mktemp); \
+	$(WITH_STACK_ENV) cargo test --all-targets --no-fail-fast 2>&1 | tee "$$log" || status=$$?; \
+	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \
+	     END { printf "\ncargo test: %d passed, %d failed\n", p, f }' "$$log"; \
+	rm -f "$$log"; exit $${status:-0}
+
+up: ## Start Kafka, Cassandra and the schema registry (idempotent; waits until ready).
+	$(STACK) up
+
+down: ## Stop the local stack (data is kept).
+	$(STACK) down
+
+status: ## Show which servers of the local stack run, and where.
+	$(STACK) status
+
+clean: ## Stop the local stack and delete its data and logs.
+	$(STACK) clean
+
+tools: ## Install the Rust components the checks use, if missing.
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
+	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+lint: tools ## cargo fmt --check, clippy -D warnings (with and without the containers feature), docs.
+	cargo fmt --all --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features containers -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
