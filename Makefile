@@ -27,7 +27,7 @@ test: tools lint up ## Format check, clippy, docs, then every test against the l
 	@log=$$(mktemp); \
 	$(WITH_STACK_ENV) cargo test --all-targets --no-fail-fast 2>&1 | tee "$$log" || status=$$?; \
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \
-	     END { printf "\ncargo test: %d passed, %d failed\n", p, f }' "$$log"; \
+	     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$$log"; \
 	rm -f "$$log"; exit $${status:-0}
 
 up: ## Start Kafka, Cassandra and the schema registry (idempotent; waits until ready).

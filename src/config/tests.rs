@@ -10,6 +10,15 @@ use figment::Jail;
 
 use super::*;
 
+/// Runs `test` in a figment jail (own working directory, environment restored afterwards)
+/// with the outer environment cleared: `make test` exports the stack's DIETSTREAM_* addresses.
+fn jailed(test: impl FnOnce(&mut Jail) -> figment::error::Result<()>) {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        test(jail)
+    });
+}
+
 fn load_in_jail(file: Option<&str>) -> Result<Config, ConfigError> {
     Config::load(file.map(Path::new))
 }
@@ -28,7 +37,7 @@ fn defaults_point_at_the_local_stack_and_are_valid() {
 
 #[test]
 fn file_overrides_defaults_and_environment_overrides_file() {
-    Jail::expect_with(|jail| {
+    jailed(|jail| {
         jail.create_file(
             "dietstream.toml",
             r#"
@@ -63,7 +72,7 @@ fn file_overrides_defaults_and_environment_overrides_file() {
 
 #[test]
 fn unknown_key_in_file_is_named() {
-    Jail::expect_with(|jail| {
+    jailed(|jail| {
         jail.create_file("dietstream.toml", "[kafka]\nbootstrap_server = \"x:1\"\n")?;
         let err = load_in_jail(Some("dietstream.toml")).expect_err("unknown key accepted");
         let message = err.to_string();
@@ -76,7 +85,7 @@ fn unknown_key_in_file_is_named() {
 
 #[test]
 fn unknown_environment_variable_is_named() {
-    Jail::expect_with(|jail| {
+    jailed(|jail| {
         jail.set_env("DIETSTREAM_CQL__KEY_SPACE", "typo");
         let err = load_in_jail(None).expect_err("unknown variable accepted");
         let message = err.to_string();
@@ -88,7 +97,7 @@ fn unknown_environment_variable_is_named() {
 
 #[test]
 fn contact_points_accept_a_comma_separated_variable() {
-    Jail::expect_with(|jail| {
+    jailed(|jail| {
         jail.set_env("DIETSTREAM_CQL__CONTACT_POINTS", "node-a:9042, node-b:9042");
         let config = load_in_jail(None).map_err(|e| e.to_string())?;
         assert_eq!(
@@ -101,7 +110,7 @@ fn contact_points_accept_a_comma_separated_variable() {
 
 #[test]
 fn config_file_variable_is_not_a_setting() {
-    Jail::expect_with(|jail| {
+    jailed(|jail| {
         jail.set_env(CONFIG_FILE_ENV, "somewhere.toml");
         assert!(load_in_jail(None).is_ok());
         Ok(())
@@ -110,7 +119,7 @@ fn config_file_variable_is_not_a_setting() {
 
 #[test]
 fn wrongly_typed_value_is_named_with_its_source() {
-    Jail::expect_with(|jail| {
+    jailed(|jail| {
         jail.set_env("DIETSTREAM_KAFKA__REQUEST_TIMEOUT", "soon");
         let err = load_in_jail(None).expect_err("bad duration accepted");
         let message = err.to_string();
@@ -133,7 +142,7 @@ fn missing_config_file_is_an_error() {
 
 #[test]
 fn every_invalid_value_is_reported_at_once() {
-    Jail::expect_with(|jail| {
+    jailed(|jail| {
         jail.create_file(
             "dietstream.toml",
             r#"
