@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dietstream_topology::Profile;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,8 @@ pub struct Config {
     pub schema_registry: SchemaRegistryConfig,
     /// The CQL cluster (ScyllaDB, or Cassandra locally) that holds the read models.
     pub cql: CqlConfig,
+    /// Which variant of the topics and consumer groups (`topology/topology.toml`) to use.
+    pub topology: TopologyConfig,
 }
 
 /// Connection to Kafka.
@@ -113,6 +116,19 @@ pub struct CqlTlsConfig {
     pub verify_hostname: bool,
 }
 
+/// Which variant of the topology (`topology/topology.toml`) the commands use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopologyConfig {
+    /// Sizing profile: `local` (one broker: replication factor 1, few partitions) or
+    /// `production` (three or more brokers: replication factor 3, min in-sync replicas 2,
+    /// more partitions).
+    pub profile: Profile,
+    /// Put, with a `.`, in front of every topic name and consumer group id; empty for none.
+    /// Lets tests and environments share one cluster without seeing each other's data.
+    pub prefix: String,
+}
+
 /// Kafka listener of the local stack (`infra/local`, `STACK_KAFKA_PORT`).
 const fn default_kafka_port() -> u16 {
     9092
@@ -152,6 +168,11 @@ const fn default_cql_request_timeout() -> Duration {
 /// One copy per row: the local stack has a single node.
 const fn default_replication_factor() -> u8 {
     1
+}
+
+/// The built-in defaults point at the local stack, which has a single broker.
+const fn default_topology_profile() -> Profile {
+    Profile::Local
 }
 
 /// Hostname verification is what TLS users expect unless they turn it off.
@@ -197,6 +218,15 @@ impl Default for CqlConfig {
             tls: None,
             connection_timeout: default_cql_connection_timeout(),
             request_timeout: default_cql_request_timeout(),
+        }
+    }
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            profile: default_topology_profile(),
+            prefix: String::new(),
         }
     }
 }
@@ -434,6 +464,13 @@ impl Config {
         }
         if self.cql.request_timeout.is_zero() {
             bad("cql.request_timeout", "must be above zero".to_owned());
+        }
+
+        if let Err(reason) = dietstream_topology::check_prefix(&self.topology.prefix) {
+            bad(
+                "topology.prefix",
+                format!("{:?}: {reason}", self.topology.prefix),
+            );
         }
         invalid
     }

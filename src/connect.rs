@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use dietstream_schemas::registry::{ConfluentRegistry, RegistryAuth, RegistryError};
 use openssl::ssl::{SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode};
 use rdkafka::ClientConfig;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
@@ -81,6 +82,21 @@ impl SchemaRegistryConfig {
             url: self.url.clone(),
             source,
         })
+    }
+}
+
+impl SchemaRegistryConfig {
+    /// The registry client of the codec and of `dietstream schemas`.
+    pub fn registry(&self) -> Result<ConfluentRegistry, RegistryError> {
+        let auth = match (&self.username, &self.password, &self.token) {
+            (Some(username), Some(password), _) => Some(RegistryAuth::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            }),
+            (_, _, Some(token)) => Some(RegistryAuth::Bearer(token.clone())),
+            _ => None,
+        };
+        ConfluentRegistry::new(&self.url, auth, self.timeout)
     }
 }
 

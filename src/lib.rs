@@ -6,5 +6,6 @@
 
 pub mod config;
 pub mod connect;
+pub mod contract;
 pub mod kafka;
 pub mod roundtrip;

@@ -3,10 +3,20 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use dietstream::config::{Config, CONFIG_FILE_ENV};
+use dietstream::contract::{self, Verdict};
 use dietstream::roundtrip::{self, RoundTripOptions};
+use dietstream_schemas::catalog::Catalog;
+use dietstream_topology::{ApplyOutcome, Cluster, Topology};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
 use tracing_subscriber::EnvFilter;
+
+/// Exit code of `topology diff` when the cluster differs from the topology, and of `schemas
+/// check` when a schema cannot be registered (1 is an error, 2 an invalid configuration).
+const EXIT_DRIFT: u8 = 3;
 
 /// Event store and stream processing of the Diet Planner Game.
 #[derive(Debug, Parser)]
@@ -36,6 +46,47 @@ enum Command {
         #[arg(long, default_value_t = RoundTripOptions::default().table)]
         table: String,
     },
+    /// Kafka topics and consumer groups as code (topology/topology.toml), for the configured
+    /// topology.profile and topology.prefix.
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
+    /// The Avro contract (schemas/avro) in the schema registry: one subject per record and
+    /// topic of the configured topology (TopicRecordNameStrategy).
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Print every subject with the record and topic it stands for.
+    List,
+    /// Tell, changing nothing, whether every local schema can be registered: compatible with
+    /// every registered version (checked by the registry and again locally) under a
+    /// transitive compatibility level. Exit code 0 when all can, 3 when one cannot.
+    Check,
+    /// Set the compatibility level on every subject, then register every schema. Idempotent:
+    /// an unchanged schema keeps its id.
+    Register {
+        /// BACKWARD_TRANSITIVE or FULL_TRANSITIVE.
+        #[arg(long, default_value = contract::DEFAULT_LEVEL)]
+        compatibility: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyCommand {
+    /// Print the topics, with their settings, and the consumer groups.
+    List,
+    /// Show how the cluster differs from the topology, changing nothing. Exit code 0 when in
+    /// sync, 3 when it differs.
+    Diff,
+    /// Create missing topics and apply safe changes, then wait until the cluster shows them.
+    /// With any unsafe difference nothing is changed and the exit code is 1.
+    Apply,
 }
 
 fn main() -> ExitCode {
@@ -55,7 +106,7 @@ fn main() -> ExitCode {
         }
     };
     match run(cli.command, config) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -63,11 +114,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command, config: Config) -> anyhow::Result<()> {
+fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Config => {
             print!("{}", config.to_redacted_toml()?);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Roundtrip { topic, table } => {
             let options = RoundTripOptions {
@@ -94,7 +145,148 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 report.offset,
                 total * 1000.0
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topology { command } => topology(command, &config),
+        Command::Schemas { command } => schemas(command, &config),
+    }
+}
+
+fn schemas(command: SchemasCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let desired =
+        Topology::embedded()?.resolve(config.topology.profile, &config.topology.prefix)?;
+    let catalog = Catalog::embedded()?;
+    let subjects = contract::subjects(&catalog, &desired)?;
+    let registry = config.schema_registry.registry()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match command {
+        SchemasCommand::List => {
+            for subject in &subjects {
+                println!(
+                    "{}  ({} on {})",
+                    subject.name, subject.record, subject.topic
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SchemasCommand::Check => {
+            let verdicts = runtime.block_on(contract::check(&registry, &catalog, &subjects))?;
+            let mut failed = 0;
+            for (subject, verdict) in &verdicts {
+                let line = match verdict {
+                    Verdict::New => "new: register would create it".to_owned(),
+                    Verdict::Unchanged => "unchanged".to_owned(),
+                    Verdict::Compatible => "compatible: register would add a version".to_owned(),
+                    Verdict::Incompatible(reasons) => format!("INCOMPATIBLE: {}", reasons.join("; ")),
+                    Verdict::WeakLevel(level) => format!(
+                        "compatibility level {} is not one of {:?}: run `dietstream schemas register`",
+                        level.as_deref().unwrap_or("(unset)"),
+                        contract::ACCEPTED_LEVELS
+                    ),
+                };
+                if !verdict.is_ok() {
+                    failed += 1;
+                }
+                println!("{}: {line}", subject.name);
+            }
+            println!(
+                "{} subject(s) checked against {}: {} cannot be registered",
+                verdicts.len(),
+                config.schema_registry.url,
+                failed
+            );
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_DRIFT)
+            })
+        }
+        SchemasCommand::Register { compatibility } => {
+            let done = runtime.block_on(contract::register(
+                &registry,
+                &catalog,
+                &subjects,
+                &compatibility,
+            ))?;
+            for registered in &done {
+                println!(
+                    "{}: id {}{}",
+                    registered.subject,
+                    registered.id,
+                    if registered.new_version {
+                        " (new version)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            println!(
+                "{} subject(s) registered with {compatibility} at {}; {} new version(s)",
+                done.len(),
+                config.schema_registry.url,
+                done.iter().filter(|r| r.new_version).count()
+            );
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn topology(command: TopologyCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let desired =
+        Topology::embedded()?.resolve(config.topology.profile, &config.topology.prefix)?;
+    let scope = format!(
+        "{} topics of profile {} on {}",
+        desired.topics.len(),
+        desired.profile,
+        config.kafka.bootstrap_servers
+    );
+    match command {
+        TopologyCommand::List => {
+            print!("{desired}");
+            Ok(ExitCode::SUCCESS)
+        }
+        TopologyCommand::Diff => {
+            let (cluster, runtime) = cluster(config)?;
+            let plan = runtime.block_on(cluster.diff(&desired))?;
+            if plan.is_empty() {
+                println!("in sync: {scope}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{plan}");
+            println!(
+                "differs: {} change(s) to apply, {} refused, for {scope}",
+                plan.changes.len(),
+                plan.refusals.len()
+            );
+            Ok(ExitCode::from(EXIT_DRIFT))
+        }
+        TopologyCommand::Apply => {
+            let (cluster, runtime) = cluster(config)?;
+            match runtime.block_on(cluster.apply(&desired))? {
+                ApplyOutcome::InSync => println!("in sync, nothing to do: {scope}"),
+                ApplyOutcome::Applied(plan) => {
+                    print!("{plan}");
+                    println!("applied {} change(s): {scope}", plan.changes.len());
+                }
+                ApplyOutcome::Refused(plan) => {
+                    print!("{plan}");
+                    bail!(
+                        "refused: {} unsafe difference(s) (lines starting with x); nothing was \
+                         changed",
+                        plan.refusals.len()
+                    )
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The admin side of the configured Kafka cluster, and a runtime to drive it.
+fn cluster(config: &Config) -> anyhow::Result<(Cluster, tokio::runtime::Runtime)> {
+    let admin: AdminClient<DefaultClientContext> = config.kafka.client_config().create()?;
+    Ok((
+        Cluster::new(admin, config.kafka.request_timeout),
+        tokio::runtime::Runtime::new()?,
+    ))
 }

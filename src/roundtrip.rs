@@ -28,7 +28,7 @@ use crate::connect::{millis, ConnectError};
 use crate::kafka::ensure_topic;
 
 /// The probe's Avro schema, as registered.
-pub const SCHEMA: &str = include_str!("../schemas/dietstream.diagnostics.RoundTrip.avsc");
+pub const SCHEMA: &str = include_str!("../schemas/avro/dietstream.diagnostics.RoundTrip.avsc");
 /// Full name of the probe record: the record part of its subject.
 pub const RECORD_NAME: &str = "dietstream.diagnostics.RoundTrip";
 /// Kafka header that carries the event type, as on every dietstream record.

@@ -159,13 +159,7 @@ async fn local_stack_is_idempotent_reports_taken_ports_and_keeps_data_across_res
     );
 
     // Kafka still holds the record at its offset.
-    let consumer: BaseConsumer = config
-        .kafka
-        .client_config()
-        .set("group.id", common::unique_name("group"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer = stack.consumer_config().create().expect("consumer");
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(

@@ -56,10 +56,7 @@ async fn read_all(consumer: &StreamConsumer, expected: usize, idle: Duration) ->
 
 fn consumer(stack: &Stack, topic: &str, isolation: &str) -> StreamConsumer {
     let consumer: StreamConsumer = stack
-        .config
-        .kafka
-        .client_config()
-        .set("group.id", common::unique_name("group"))
+        .consumer_config()
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("isolation.level", isolation)
@@ -134,12 +131,7 @@ async fn avro_record_in_confluent_wire_format_round_trips_through_registry_and_k
         "subject missing from {subjects:?}"
     );
 
-    let producer: FutureProducer = stack
-        .config
-        .kafka
-        .client_config()
-        .create()
-        .expect("producer");
+    let producer = stack.producer();
     let (partition, offset) = producer
         .send(
             FutureRecord::to(&topic).key("user-42").payload(&payload),

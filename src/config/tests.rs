@@ -235,3 +235,67 @@ fn host_port_and_identifier_checks() {
     assert!(!is_cql_identifier("has-dash"));
     assert!(!is_cql_identifier(&"k".repeat(49)));
 }
+
+#[test]
+fn topology_defaults_to_the_local_profile_without_prefix() {
+    let topology = Config::default().topology;
+    assert_eq!(topology.profile, Profile::Local);
+    assert_eq!(topology.prefix, "");
+}
+
+#[test]
+fn topology_profile_and_prefix_come_from_file_and_environment() {
+    jailed(|jail| {
+        jail.create_file(
+            "dietstream.toml",
+            "[topology]\nprofile = \"production\"\nprefix = \"from_file\"\n",
+        )?;
+        jail.set_env("DIETSTREAM_TOPOLOGY__PREFIX", "staging-2");
+        let config = load_in_jail(Some("dietstream.toml")).map_err(|e| e.to_string())?;
+        assert_eq!(config.topology.profile, Profile::Production);
+        assert_eq!(config.topology.prefix, "staging-2");
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_topology_profile_is_named_with_its_source() {
+    jailed(|jail| {
+        jail.set_env("DIETSTREAM_TOPOLOGY__PROFILE", "prod");
+        let err = load_in_jail(None).expect_err("unknown profile accepted");
+        let message = err.to_string();
+        assert!(message.contains("topology.profile"), "{message}");
+        assert!(
+            message.contains("DIETSTREAM_TOPOLOGY__PROFILE"),
+            "{message}"
+        );
+        assert!(message.contains("production"), "{message}");
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_key_in_topology_section_is_named() {
+    jailed(|jail| {
+        jail.create_file("dietstream.toml", "[topology]\nprefx = \"x\"\n")?;
+        let err = load_in_jail(Some("dietstream.toml")).expect_err("unknown key accepted");
+        let message = err.to_string();
+        assert!(message.contains("topology.prefx"), "{message}");
+        Ok(())
+    });
+}
+
+#[test]
+fn topology_prefix_must_fit_in_front_of_topic_names() {
+    for prefix in ["staging.", "team/a", "ümlaut"] {
+        let mut config = Config::default();
+        config.topology.prefix = prefix.to_owned();
+        let invalid = config.validate();
+        assert_eq!(invalid.len(), 1, "{prefix}: {invalid:?}");
+        assert_eq!(invalid[0].setting, "topology.prefix");
+        assert!(invalid[0].reason.contains(prefix), "{}", invalid[0]);
+    }
+    let mut config = Config::default();
+    config.topology.prefix = "it_t_1f_0a1b2c3d_7".to_owned();
+    assert_eq!(config.validate(), Vec::new());
+}

@@ -17,7 +17,8 @@ use std::time::Duration;
 use dietstream::config::Config;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::producer::{BaseProducer, FutureProducer, Producer};
+use rdkafka::ClientConfig;
 use scylla::client::session::Session;
 
 /// A reachable stack and the configuration that reaches it.
@@ -79,6 +80,25 @@ impl Stack {
             .client_config()
             .create()
             .expect("admin client")
+    }
+
+    /// A producer for the stack's Kafka.
+    pub fn producer(&self) -> FutureProducer {
+        self.config
+            .kafka
+            .client_config()
+            .create()
+            .expect("producer")
+    }
+
+    /// Consumer settings with a group of its own and no automatic commits; callers add what
+    /// their test needs (offset reset, isolation level) and create the consumer.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut config = self.config.kafka.client_config();
+        config
+            .set("group.id", unique_name("group"))
+            .set("enable.auto.commit", "false");
+        config
     }
 
     /// A CQL session and a fresh keyspace created for this test.
