@@ -38,20 +38,27 @@ fn main() {
     fs::write(out.join("avsc_files.rs"), embedded).expect("write avsc_files.rs");
 
     // Top-level records (events, commands, the command result, the probe) know their full
-    // name, so the codec can check a record's writer schema against the type asked for.
+    // name, so the codec can check a record's writer schema against the type asked for, and
+    // their dotted type, which travels in the `event_type` Kafka header.
     let mut records = String::new();
     for path in &files {
         let text = fs::read_to_string(path).expect("readable schema file");
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
         let full_name = path.file_stem().and_then(|s| s.to_str()).expect("UTF-8");
-        let top_level = text.contains("\"dietstream.event_type\"")
-            || text.contains("\"dietstream.command_type\"")
-            || full_name == "dietstream.commands.CommandResult"
-            || full_name == "dietstream.diagnostics.RoundTrip";
-        if top_level {
+        let attribute = |key: &str| json.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        let record_type = attribute("dietstream.event_type")
+            .or_else(|| attribute("dietstream.command_type"))
+            .or_else(|| attribute("dietstream.record_type"))
+            .or_else(|| {
+                (full_name == "dietstream.diagnostics.RoundTrip")
+                    .then(|| "diagnostics.roundtrip".to_owned())
+            });
+        if let Some(record_type) = record_type {
             let type_name = full_name.rsplit('.').next().expect("a name");
             writeln!(
                 records,
-                "impl crate::codec::Record for crate::types::{type_name} {{\n    const FULL_NAME: &'static str = {full_name:?};\n}}"
+                "impl crate::codec::Record for crate::types::{type_name} {{\n    const FULL_NAME: &'static str = {full_name:?};\n    const RECORD_TYPE: &'static str = {record_type:?};\n}}"
             )
             .expect("write to string");
         }

@@ -26,13 +26,12 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::connect::{millis, ConnectError};
 use crate::kafka::ensure_topic;
+use dietstream_schemas::codec::RECORD_TYPE_HEADER;
 
 /// The probe's Avro schema, as registered.
 pub const SCHEMA: &str = include_str!("../schemas/avro/dietstream.diagnostics.RoundTrip.avsc");
 /// Full name of the probe record: the record part of its subject.
 pub const RECORD_NAME: &str = "dietstream.diagnostics.RoundTrip";
-/// Kafka header that carries the event type, as on every dietstream record.
-pub const EVENT_TYPE_HEADER: &str = "event_type";
 
 /// Where the probe goes.
 #[derive(Debug, Clone)]
@@ -225,8 +224,8 @@ pub async fn run(
         })?;
     let key = id.to_string();
     let headers = OwnedHeaders::new().insert(Header {
-        key: EVENT_TYPE_HEADER,
-        value: Some("RoundTrip"),
+        key: RECORD_TYPE_HEADER,
+        value: Some("diagnostics.roundtrip"),
     });
     let delivery = producer
         .send(
@@ -301,13 +300,13 @@ pub async fn run(
     }
     let event_type = message
         .headers()
-        .and_then(|h| h.iter().find(|h| h.key == EVENT_TYPE_HEADER))
+        .and_then(|h| h.iter().find(|h| h.key == RECORD_TYPE_HEADER))
         .and_then(|h| h.value)
         .map(String::from_utf8_lossy);
     record(
         "consume",
         format!(
-            "read back offset {offset}, header {EVENT_TYPE_HEADER}={}",
+            "read back offset {offset}, header {RECORD_TYPE_HEADER}={}",
             event_type.as_deref().unwrap_or("<missing>")
         ),
         started,

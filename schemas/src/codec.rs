@@ -20,7 +20,14 @@ use crate::registry::{RegistryError, SchemaRegistry};
 pub trait Record: Serialize + DeserializeOwned {
     /// The record's full Avro name, e.g. `dietstream.events.nutrition.MealLogged`.
     const FULL_NAME: &'static str;
+    /// The dotted record type (`nutrition.meal.logged`, `nutrition.meal.log`,
+    /// `command.result`): the value of the [`RECORD_TYPE_HEADER`] Kafka header, so that a
+    /// processor can skip records it does not need without decoding them.
+    const RECORD_TYPE: &'static str;
 }
+
+/// The Kafka header that carries [`Record::RECORD_TYPE`] on every dietstream record.
+pub const RECORD_TYPE_HEADER: &str = "event_type";
 
 include!(concat!(env!("OUT_DIR"), "/records.rs"));
 

@@ -68,6 +68,18 @@ fn every_seed_event_has_exactly_one_record() {
 }
 
 #[test]
+fn records_know_their_name_and_the_type_their_header_carries() {
+    use crate::codec::Record;
+    assert_eq!(
+        types::MealLogged::FULL_NAME,
+        "dietstream.events.nutrition.MealLogged"
+    );
+    assert_eq!(types::MealLogged::RECORD_TYPE, "nutrition.meal.logged");
+    assert_eq!(types::LogMeal::RECORD_TYPE, "nutrition.meal.log");
+    assert_eq!(types::CommandResult::RECORD_TYPE, "command.result");
+}
+
+#[test]
 fn events_and_commands_name_their_aggregate_type() {
     let catalog = catalog();
     let mut commands = 0;
