@@ -1,4 +1,6 @@
-//! Avro binary bodies (no container, no wire-format header) to and from the generated types.
+//! Avro binary bodies (no container, no wire-format header) to and from the generated types,
+//! through apache-avro: the reference path the unit tests check the schemas with. Production
+//! code encodes and decodes with [`crate::codec`].
 //!
 //! Serde goes straight between the Rust value and the bytes, guided by the schema, with the
 //! human-readable representation on: logical `uuid` fields are Avro strings, which is how
@@ -14,7 +16,7 @@ use serde::Serialize;
 /// Permanent: the same input fails the same way every time.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct DatumError(#[from] Box<apache_avro::Error>);
+pub(crate) struct DatumError(#[from] Box<apache_avro::Error>);
 
 impl From<apache_avro::Error> for DatumError {
     fn from(error: apache_avro::Error) -> Self {
@@ -23,7 +25,7 @@ impl From<apache_avro::Error> for DatumError {
 }
 
 /// Encodes `value` as an Avro binary body with `schema`.
-pub fn encode<T: Serialize>(schema: &Schema, value: &T) -> Result<Vec<u8>, DatumError> {
+pub(crate) fn encode<T: Serialize>(schema: &Schema, value: &T) -> Result<Vec<u8>, DatumError> {
     let writer = GenericDatumWriter::builder(schema)
         .human_readable(true)
         .build()?;
@@ -32,7 +34,7 @@ pub fn encode<T: Serialize>(schema: &Schema, value: &T) -> Result<Vec<u8>, Datum
 
 /// Decodes a body written with `writer`, resolved to `reader` (Avro schema resolution: fields
 /// the writer lacks take the reader's defaults, fields the reader lacks are skipped).
-pub fn decode<T: DeserializeOwned>(
+pub(crate) fn decode<T: DeserializeOwned>(
     writer: &Schema,
     reader: &Schema,
     mut bytes: &[u8],

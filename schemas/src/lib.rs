@@ -8,7 +8,6 @@
 pub mod catalog;
 pub mod codec;
 pub mod compat;
-pub mod datum;
 pub mod registry;
 
 /// Rust types generated from the `.avsc` files by `rsgen-avro` (see `build.rs`): one struct per
@@ -24,5 +23,7 @@ pub mod types {
     include!(concat!(env!("OUT_DIR"), "/types.rs"));
 }
 
+#[cfg(test)]
+mod datum;
 #[cfg(test)]
 mod tests;
