@@ -41,6 +41,8 @@ fn main() {
     // name, so the codec can check a record's writer schema against the type asked for, and
     // their dotted type, which travels in the `event_type` Kafka header.
     let mut records = String::new();
+    let mut events = Vec::new();
+    let mut commands = Vec::new();
     for path in &files {
         let text = fs::read_to_string(path).expect("readable schema file");
         let json: serde_json::Value = serde_json::from_str(&text)
@@ -56,6 +58,11 @@ fn main() {
             });
         if let Some(record_type) = record_type {
             let type_name = full_name.rsplit('.').next().expect("a name");
+            if json.get("dietstream.event_type").is_some() {
+                events.push(type_name.to_owned());
+            } else if json.get("dietstream.command_type").is_some() {
+                commands.push(type_name.to_owned());
+            }
             writeln!(
                 records,
                 "impl crate::codec::Record for crate::types::{type_name} {{\n    const FULL_NAME: &'static str = {full_name:?};\n    const RECORD_TYPE: &'static str = {record_type:?};\n}}"
@@ -64,8 +71,82 @@ fn main() {
         }
     }
     fs::write(out.join("records.rs"), records).expect("write records.rs");
+    let mut envelopes = envelope_enum("Event", "event", "EventHeader", &events);
+    envelopes.push_str(&envelope_enum(
+        "Command",
+        "command",
+        "CommandHeader",
+        &commands,
+    ));
+    fs::write(out.join("envelopes.rs"), envelopes).expect("write envelopes.rs");
 
     generate_types(&avro_dir, &out.join("types.rs"));
+}
+
+/// `enum <name>` with one variant per event (or command) record, named and typed like the
+/// record, and the accessors every variant shares. See `src/envelope.rs`.
+fn envelope_enum(name: &str, what: &str, header: &str, variants: &[String]) -> String {
+    let mut code = String::new();
+    let arms = |body: &str| -> String {
+        variants
+            .iter()
+            .map(|v| {
+                let binding = if body.contains('$') { "_" } else { "r" };
+                format!(
+                    "            {name}::{v}({binding}) => {},\n",
+                    body.replace('$', v)
+                )
+            })
+            .collect()
+    };
+    writeln!(
+        code,
+        "/// Every {what} record of the contract, one variant per record type.\n\
+         #[derive(Debug, Clone, PartialEq)]\n\
+         pub enum {name} {{"
+    )
+    .expect("write to string");
+    for v in variants {
+        writeln!(code, "    /// `{v}`.\n    {v}(crate::types::{v}),").expect("write to string");
+    }
+    code.push_str("}\n\n");
+    writeln!(
+        code,
+        "impl {name} {{\n\
+         \x20   /// Full names of every {what} record, sorted.\n\
+         \x20   pub const FULL_NAMES: &'static [&'static str] = &[{names}];\n\n\
+         \x20   /// The shared metadata.\n\
+         \x20   pub fn header(&self) -> &crate::types::{header} {{\n        match self {{\n{h}        }}\n    }}\n\n\
+         \x20   /// The shared metadata, to fill in.\n\
+         \x20   pub fn header_mut(&mut self) -> &mut crate::types::{header} {{\n        match self {{\n{hm}        }}\n    }}\n\n\
+         \x20   /// The record's full Avro name.\n\
+         \x20   pub fn full_name(&self) -> &'static str {{\n        match self {{\n{fname}        }}\n    }}\n\n\
+         \x20   /// The dotted type: the `event_type` Kafka header.\n\
+         \x20   pub fn record_type(&self) -> &'static str {{\n        match self {{\n{rtype}        }}\n    }}\n\n\
+         \x20   /// Encodes the record for `topic` (see [`crate::codec::Codec::encode`]).\n\
+         \x20   pub async fn encode<R: crate::registry::SchemaRegistry>(&self, codec: &crate::codec::Codec<R>, topic: &str) -> Result<Vec<u8>, crate::codec::CodecError> {{\n        match self {{\n{enc}        }}\n    }}\n\n\
+         \x20   /// Decodes `body` as the record `full_name` written with `schema`; `None` when\n\
+         \x20   /// `full_name` is not a {what}.\n\
+         \x20   pub(crate) fn decode_as(full_name: &str, body: &[u8], schema: &serde_avro_fast::Schema) -> Option<Result<{name}, serde_avro_fast::de::DeError>> {{\n        Some(match full_name {{\n{dec}            _ => return None,\n        }})\n    }}\n}}\n",
+        names = variants
+            .iter()
+            .map(|v| format!("<crate::types::{v} as crate::codec::Record>::FULL_NAME"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        h = arms("&r.header"),
+        hm = arms("&mut r.header"),
+        fname = arms("<crate::types::$ as crate::codec::Record>::FULL_NAME"),
+        rtype = arms("<crate::types::$ as crate::codec::Record>::RECORD_TYPE"),
+        enc = arms("codec.encode(topic, r).await"),
+        dec = variants
+            .iter()
+            .map(|v| format!(
+                "            <crate::types::{v} as crate::codec::Record>::FULL_NAME => serde_avro_fast::from_datum_slice(body, schema).map({name}::{v}),\n"
+            ))
+            .collect::<String>(),
+    )
+    .expect("write to string");
+    code
 }
 
 fn generate_types(avro_dir: &Path, target: &Path) {

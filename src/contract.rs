@@ -50,7 +50,7 @@ pub enum ContractError {
     WeakLevel(String),
 }
 
-/// The subjects of every event, command and command result of `catalog` on the topics of
+/// The subjects of every event, command, command result and snapshot of `catalog` on the topics of
 /// `desired` (the diagnostics probe registers itself and is left out).
 pub fn subjects(catalog: &Catalog, desired: &Desired) -> Result<Vec<Subject>, ContractError> {
     let topic_of = |kind: Kind, aggregate: Option<&str>, record: &str| {
@@ -68,6 +68,13 @@ pub fn subjects(catalog: &Catalog, desired: &Desired) -> Result<Vec<Subject>, Co
             })
     };
     let mut subjects = Vec::new();
+    let mut push = |topic: String, record: &str| {
+        subjects.push(Subject {
+            name: format!("{topic}-{record}"),
+            record: record.to_owned(),
+            topic,
+        });
+    };
     for record in catalog.top_level_records() {
         let topic = match &record.role {
             RecordRole::Event { aggregate_type, .. } => topic_of(
@@ -77,13 +84,17 @@ pub fn subjects(catalog: &Catalog, desired: &Desired) -> Result<Vec<Subject>, Co
             )?,
             RecordRole::Command { .. } => topic_of(Kind::Command, None, &record.name)?,
             RecordRole::CommandResult => topic_of(Kind::CommandResult, None, &record.name)?,
+            RecordRole::Snapshot => {
+                // One snapshot record type, written to the snapshot topic of every aggregate type.
+                let topics = desired.topics.iter().filter(|t| t.kind == Kind::Snapshot);
+                for topic in topics {
+                    push(topic.name.clone(), &record.name);
+                }
+                continue;
+            }
             RecordRole::Diagnostics => continue,
         };
-        subjects.push(Subject {
-            name: format!("{topic}-{}", record.name),
-            record: record.name,
-            topic,
-        });
+        push(topic, &record.name);
     }
     Ok(subjects)
 }

@@ -52,8 +52,8 @@ async fn register_is_idempotent_and_check_catches_an_incompatible_change() {
     let subjects = subjects(&stack, &catalog);
     assert_eq!(
         subjects.len(),
-        32 + 24 + 1,
-        "every event, command and the result"
+        33 + 24 + 1 + 4,
+        "every event, command, the result, and the snapshot on each of the 4 snapshot topics"
     );
     let meal = subjects
         .iter()

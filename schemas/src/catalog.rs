@@ -20,6 +20,8 @@ pub const AGGREGATE_TYPE_ATTRIBUTE: &str = "dietstream.aggregate_type";
 pub const COMMAND_RESULT: &str = "dietstream.commands.CommandResult";
 /// Full name of the diagnostics probe record.
 pub const ROUND_TRIP: &str = "dietstream.diagnostics.RoundTrip";
+/// Full name of the aggregate snapshot record (written to every snapshot topic).
+pub const AGGREGATE_SNAPSHOT: &str = "dietstream.snapshots.AggregateSnapshot";
 
 const PRIMITIVES: &[&str] = &[
     "null", "boolean", "int", "long", "float", "double", "bytes", "string",
@@ -92,6 +94,8 @@ pub enum RecordRole {
     },
     /// The reply to a command.
     CommandResult,
+    /// Aggregate state on a snapshot topic.
+    Snapshot,
     /// The diagnostics probe of `dietstream roundtrip`.
     Diagnostics,
 }
@@ -170,6 +174,8 @@ impl Catalog {
                     }
                 } else if name == COMMAND_RESULT {
                     RecordRole::CommandResult
+                } else if name == AGGREGATE_SNAPSHOT {
+                    RecordRole::Snapshot
                 } else if name == ROUND_TRIP {
                     RecordRole::Diagnostics
                 } else {

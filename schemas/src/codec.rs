@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::envelope::{Command, Event};
 use crate::registry::{RegistryError, SchemaRegistry};
+use crate::types::EventHeader;
 
 /// A record written to a topic on its own; implemented for the generated top-level types.
 pub trait Record: Serialize + DeserializeOwned {
@@ -176,6 +178,67 @@ impl<R: SchemaRegistry> Codec<R> {
             id,
             reason: e.to_string(),
         })
+    }
+
+    /// Decodes any event record: the writer schema's name picks the [`Event`] variant.
+    pub async fn decode_event(&self, bytes: &[u8]) -> Result<Event, CodecError> {
+        self.decode_any(bytes, "an event record", Event::decode_as)
+            .await
+    }
+
+    /// Decodes any command record: the writer schema's name picks the [`Command`] variant.
+    pub async fn decode_command(&self, bytes: &[u8]) -> Result<Command, CodecError> {
+        self.decode_any(bytes, "a command record", Command::decode_as)
+            .await
+    }
+
+    /// Decodes only the [`EventHeader`] of any event record (the first field of every event),
+    /// without the payload: for code that indexes or routes events of every type.
+    pub async fn decode_event_header(&self, bytes: &[u8]) -> Result<EventHeader, CodecError> {
+        #[derive(serde::Deserialize)]
+        struct HeaderOnly {
+            header: EventHeader,
+        }
+        let (id, body) = split_header(bytes)?;
+        let writer = self.writer(id).await?;
+        if !Event::FULL_NAMES.contains(&writer.full_name.as_str()) {
+            return Err(CodecError::UnexpectedType {
+                expected: "an event record",
+                found: writer.full_name.clone(),
+            });
+        }
+        serde_avro_fast::from_datum_slice::<HeaderOnly>(body, &writer.schema)
+            .map(|h| h.header)
+            .map_err(|e| CodecError::BadBody {
+                record: writer.full_name.clone(),
+                id,
+                reason: e.to_string(),
+            })
+    }
+
+    async fn decode_any<T>(
+        &self,
+        bytes: &[u8],
+        expected: &'static str,
+        decode_as: fn(
+            &str,
+            &[u8],
+            &serde_avro_fast::Schema,
+        ) -> Option<Result<T, serde_avro_fast::de::DeError>>,
+    ) -> Result<T, CodecError> {
+        let (id, body) = split_header(bytes)?;
+        let writer = self.writer(id).await?;
+        match decode_as(&writer.full_name, body, &writer.schema) {
+            None => Err(CodecError::UnexpectedType {
+                expected,
+                found: writer.full_name.clone(),
+            }),
+            Some(decoded) => decoded.map_err(|e| CodecError::BadBody {
+                record: writer.full_name.clone(),
+                id,
+                reason: e.to_string(),
+            }),
+        }
     }
 
     /// The full name of the record's writer schema, to choose the type to decode into.

@@ -8,11 +8,15 @@
 pub mod catalog;
 pub mod codec;
 pub mod compat;
+pub mod envelope;
 pub mod registry;
+
+pub use envelope::{Command, Event};
 
 /// Rust types generated from the `.avsc` files by `rsgen-avro` (see `build.rs`): one struct per
 /// record, one enum per Avro enum, named as in the schemas.
 #[allow(
+    deprecated,
     missing_docs,
     unreachable_pub,
     clippy::all,
