@@ -33,6 +33,10 @@ pub const RECORD_TYPE_HEADER: &str = "event_type";
 
 include!(concat!(env!("OUT_DIR"), "/records.rs"));
 
+/// Decodes a body as the named record when the name is one of `T`'s variants.
+type DecodeAs<T> =
+    fn(&str, &[u8], &serde_avro_fast::Schema) -> Option<Result<T, serde_avro_fast::de::DeError>>;
+
 /// The magic byte that starts every Confluent wire-format record.
 pub const MAGIC_BYTE: u8 = 0;
 /// Magic byte and schema id.
@@ -220,11 +224,7 @@ impl<R: SchemaRegistry> Codec<R> {
         &self,
         bytes: &[u8],
         expected: &'static str,
-        decode_as: fn(
-            &str,
-            &[u8],
-            &serde_avro_fast::Schema,
-        ) -> Option<Result<T, serde_avro_fast::de::DeError>>,
+        decode_as: DecodeAs<T>,
     ) -> Result<T, CodecError> {
         let (id, body) = split_header(bytes)?;
         let writer = self.writer(id).await?;
