@@ -156,5 +156,47 @@ fn generate_types(avro_dir: &Path, target: &Path) {
     if let Err(e) = generator.generate(&Source::GlobPattern(&pattern), &mut code) {
         panic!("cannot generate Rust types from {pattern}: {e}");
     }
-    fs::write(target, code).expect("write types.rs");
+    let code = String::from_utf8(code).expect("generated code is UTF-8");
+    fs::write(target, name_union_variants(&code, avro_dir)).expect("write types.rs");
+}
+
+/// rsgen-avro names the variants of a union of records after the records' short names, but
+/// Avro decoders (serde_avro_fast among them) name a union branch by the record's full name.
+/// Each such variant gets `#[serde(rename = "<full name>", alias = "<short name>")]`, so a
+/// record holding a union decodes into the generated type.
+fn name_union_variants(code: &str, avro_dir: &Path) -> String {
+    let mut full_names = std::collections::HashMap::new();
+    for entry in fs::read_dir(avro_dir).expect("schemas/avro exists") {
+        let path = entry.expect("readable entry").path();
+        if let Some(full) = path.file_stem().and_then(|s| s.to_str()) {
+            if let Some(short) = full.rsplit('.').next() {
+                full_names.insert(short.to_owned(), full.to_owned());
+            }
+        }
+    }
+    let mut out = String::with_capacity(code.len());
+    let mut in_union = false;
+    for line in code.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("pub enum Union") {
+            in_union = true;
+        } else if in_union && trimmed == "}" {
+            in_union = false;
+        } else if in_union {
+            // A variant line: `Name(Name),`
+            if let Some((variant, rest)) = trimmed.split_once('(') {
+                let inner = rest.trim_end_matches("),");
+                if inner == variant {
+                    if let Some(full) = full_names.get(variant) {
+                        out.push_str(&format!(
+                            "    #[serde(rename = {full:?}, alias = {variant:?})]\n"
+                        ));
+                    }
+                }
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }

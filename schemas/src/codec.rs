@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::catalog::{Catalog, CatalogError};
 use crate::envelope::{Command, Event};
 use crate::registry::{RegistryError, SchemaRegistry};
-use crate::types::EventHeader;
+use crate::types::{CommandHeader, EventHeader};
 
 /// A record written to a topic on its own; implemented for the generated top-level types.
 pub trait Record: Serialize + DeserializeOwned {
@@ -211,6 +211,25 @@ impl<R: SchemaRegistry> Codec<R> {
                 found: writer.full_name.clone(),
             });
         }
+        serde_avro_fast::from_datum_slice::<HeaderOnly>(body, &writer.schema)
+            .map(|h| h.header)
+            .map_err(|e| CodecError::BadBody {
+                record: writer.full_name.clone(),
+                id,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Decodes only the [`CommandHeader`] of any record whose first field is a command header,
+    /// including command types this build does not know (a newer sender's): the command
+    /// processor still answers those, with an `UNKNOWN_COMMAND` rejection.
+    pub async fn decode_command_header(&self, bytes: &[u8]) -> Result<CommandHeader, CodecError> {
+        #[derive(serde::Deserialize)]
+        struct HeaderOnly {
+            header: CommandHeader,
+        }
+        let (id, body) = split_header(bytes)?;
+        let writer = self.writer(id).await?;
         serde_avro_fast::from_datum_slice::<HeaderOnly>(body, &writer.schema)
             .map(|h| h.header)
             .map_err(|e| CodecError::BadBody {

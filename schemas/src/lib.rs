@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod codec;
 pub mod compat;
 pub mod envelope;
+pub mod headers;
 pub mod registry;
 
 pub use envelope::{Command, Event};

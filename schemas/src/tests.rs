@@ -338,3 +338,37 @@ fn a_value_written_by_a_newer_schema_reads_with_the_older_type_and_vice_versa() 
     let back: types::MealLoggedPayload = decode(&new, &old, &bytes).expect("read with v1");
     assert_eq!(back, payload);
 }
+
+#[test]
+fn a_record_holding_a_union_of_records_round_trips() {
+    use crate::codec::{Codec, Record};
+    use crate::registry::InMemoryRegistry;
+    let codec = Codec::new(InMemoryRegistry::default(), &catalog()).expect("codec");
+    let result = types::CommandResult {
+        command_id: apache_avro::Uuid::from_u128(7),
+        command_type: "nutrition.meal.log".to_owned(),
+        aggregate_id: "u1".to_owned(),
+        correlation_id: None,
+        processed_at: 1,
+        outcome: types::UnionAcceptedRejected::Rejected(types::Rejected {
+            reason: types::RejectionReason::ConcurrencyConflict,
+            message: "stale".to_owned(),
+            field: None,
+            expected_version: Some(1),
+            current_version: Some(2),
+        }),
+    };
+    let runtime = tokio_free_block_on(codec.encode("t", &result)).expect("encodes");
+    let back: types::CommandResult =
+        tokio_free_block_on(codec.decode(&runtime)).expect("decodes into the generated type");
+    assert_eq!(back, result);
+    assert_eq!(
+        types::CommandResult::FULL_NAME,
+        "dietstream.commands.CommandResult"
+    );
+}
+
+/// Drives a future that never waits (the in-memory registry answers at once).
+fn tokio_free_block_on<F: std::future::Future>(future: F) -> F::Output {
+    futures::executor::block_on(future)
+}
