@@ -36,6 +36,8 @@ pub struct Config {
     pub cql: CqlConfig,
     /// Which variant of the topics and consumer groups (`topology/topology.toml`) to use.
     pub topology: TopologyConfig,
+    /// The command processor: transactions, snapshots, retries.
+    pub commands: dietstream_commands::CommandsConfig,
 }
 
 /// Connection to Kafka.
@@ -471,6 +473,20 @@ impl Config {
                 "topology.prefix",
                 format!("{:?}: {reason}", self.topology.prefix),
             );
+        }
+        if self.commands.transaction_timeout + Duration::from_millis(100)
+            < self.kafka.request_timeout
+        {
+            bad(
+                "commands.transaction_timeout",
+                format!(
+                    "{:?} must be at least kafka.request_timeout ({:?}) minus 100 ms (librdkafka's rule for transactional producers)",
+                    self.commands.transaction_timeout, self.kafka.request_timeout
+                ),
+            );
+        }
+        for (setting, reason) in self.commands.problems() {
+            bad(&format!("commands.{setting}"), reason);
         }
         invalid
     }

@@ -4,8 +4,12 @@
 //! Cassandra locally) holds the read models. See `README.md` for how to run it and
 //! `../shared/DESIGN.md` for the decisions behind it.
 
+pub mod bus;
 pub mod config;
 pub mod connect;
 pub mod contract;
 pub mod kafka;
 pub mod roundtrip;
+pub mod run;
+pub mod simulate;
+pub mod store;

@@ -52,12 +52,65 @@ enum Command {
         #[command(subcommand)]
         command: TopologyCommand,
     },
+    /// Run a processor until SIGTERM or Ctrl-C; it then finishes its transaction or batch,
+    /// commits and exits 0.
+    Run {
+        /// Which processor.
+        #[arg(value_enum)]
+        processor: Processor,
+    },
     /// The Avro contract (schemas/avro) in the schema registry: one subject per record and
     /// topic of the configured topology (TopicRecordNameStrategy).
     Schemas {
         #[command(subcommand)]
         command: SchemasCommand,
     },
+    /// Play the game: simulated players send realistic commands (and a few invalid ones on
+    /// purpose) through the command bus, each waiting for its result before the next one.
+    /// Progress on stderr, a summary on stdout at the end.
+    Simulate {
+        /// Number of simulated players.
+        #[arg(long, default_value_t = 10)]
+        users: u32,
+        /// Commands per second over all players.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Stop after this time (e.g. 30s, 5m); without it and without --commands: 1m.
+        #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Stop after this many commands.
+        #[arg(long)]
+        commands: Option<u64>,
+        /// Seed of the players' behaviour: the same seed gives the same command streams.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Fraction of commands sent invalid on purpose (stale versions, invalid values).
+        #[arg(long, default_value_t = 0.02)]
+        invalid_rate: f64,
+        /// First simulated day, YYYY-MM-DD; default: 2024-01-01 plus (seed mod 366) days.
+        #[arg(long, value_name = "DATE")]
+        start: Option<String>,
+        /// Player ids are <prefix>-<n>; default sim-<seed>. A second run with the same seed
+        /// against the same cluster needs another prefix (the ids are taken).
+        #[arg(long)]
+        user_prefix: Option<String>,
+        /// How long to wait for each command's result.
+        #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Write every command and its result as JSON lines to this file.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Value of the dietstream.source header.
+        #[arg(long, default_value = "simulator")]
+        source: String,
+    },
+}
+
+/// The processors `dietstream run` can start.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Processor {
+    /// The command processor: the single writer of the event topics.
+    Commands,
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,7 +202,65 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Topology { command } => topology(command, &config),
         Command::Schemas { command } => schemas(command, &config),
+        Command::Simulate {
+            users,
+            rate,
+            duration,
+            commands,
+            seed,
+            invalid_rate,
+            start,
+            user_prefix,
+            timeout,
+            record,
+            source,
+        } => {
+            let mut generator = dietstream::simulate::GeneratorConfig::new(seed, users);
+            generator.invalid_rate = invalid_rate;
+            if let Some(start) = start {
+                generator.start_day = dietstream::simulate::parse_day(&start)
+                    .ok_or_else(|| anyhow::anyhow!("--start {start}: expected YYYY-MM-DD"))?;
+            }
+            if let Some(prefix) = user_prefix {
+                generator.user_prefix = prefix;
+            }
+            let options = dietstream::simulate::SimulateOptions {
+                generator,
+                rate,
+                duration: duration
+                    .or((commands.is_none()).then_some(std::time::Duration::from_secs(60))),
+                max_commands: commands,
+                timeout,
+                record,
+                progress: true,
+            };
+            simulate(&config, &source, options)
+        }
+        Command::Run { processor } => run_processor(processor, &config),
     }
+}
+
+fn run_processor(processor: Processor, config: &Config) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    match processor {
+        Processor::Commands => {
+            let summary = runtime.block_on(dietstream::run::commands(
+                config,
+                dietstream::run::termination(),
+            ))?;
+            eprintln!(
+                "command processor stopped: {} accepted, {} rejected, {} dead-lettered, {} events, {} snapshots in {} transactions ({} aborted)",
+                summary.accepted,
+                summary.rejected,
+                summary.dead_lettered,
+                summary.events,
+                summary.snapshots,
+                summary.transactions,
+                summary.aborted
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn schemas(command: SchemasCommand, config: &Config) -> anyhow::Result<ExitCode> {
@@ -289,4 +400,33 @@ fn cluster(config: &Config) -> anyhow::Result<(Cluster, tokio::runtime::Runtime)
         Cluster::new(admin, config.kafka.request_timeout),
         tokio::runtime::Runtime::new()?,
     ))
+}
+
+/// `dietstream simulate`: builds the command bus and runs the simulator until done or Ctrl-C.
+fn simulate(
+    config: &Config,
+    source: &str,
+    options: dietstream::simulate::SimulateOptions,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let summary = runtime.block_on(async {
+        let bus =
+            std::sync::Arc::new(dietstream::bus::CommandBus::from_config(config, source).await?);
+        let ctrl_c = async {
+            // Without a signal handler the run simply ends at its limits.
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        anyhow::Ok(dietstream::simulate::run(bus, options, ctrl_c).await?)
+    })?;
+    println!("{summary}");
+    if summary.deliberate > 0 || summary.unexpected_rejections > 0 || summary.users_stopped > 0 {
+        println!(
+            "deliberately invalid {} (accepted anyway {}), valid but rejected {}, players stopped {}",
+            summary.deliberate,
+            summary.deliberate_accepted,
+            summary.unexpected_rejections,
+            summary.users_stopped
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -101,6 +101,21 @@ impl Stack {
         config
     }
 
+    /// A config whose `topology.prefix` is this test's prefix, with the whole topology
+    /// (topics of `topology/topology.toml`) created under it.
+    pub async fn with_topology(&self) -> Config {
+        let mut config = self.config.clone();
+        config.topology.prefix = self.prefix.clone();
+        let desired = dietstream_topology::Topology::embedded()
+            .and_then(|t| t.resolve(config.topology.profile, &config.topology.prefix))
+            .expect("topology resolves");
+        dietstream_topology::Cluster::new(self.admin(), Duration::from_secs(30))
+            .apply(&desired)
+            .await
+            .expect("topology applies");
+        config
+    }
+
     /// A CQL session and a fresh keyspace created for this test.
     pub async fn keyspace(&self) -> (Session, String) {
         let session = self.config.cql.session().await.expect("CQL session");

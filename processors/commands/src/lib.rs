@@ -5,4 +5,12 @@
 //! the aggregates of its partitions, and writes events, snapshots, replies and its consumer
 //! offsets in Kafka transactions.
 
+pub mod config;
 pub mod domain;
+pub mod processor;
+mod restore;
+pub mod topics;
+
+pub use config::CommandsConfig;
+pub use processor::{run, ProcessorError, RunSummary};
+pub use topics::Topics;
