@@ -38,6 +38,8 @@ pub struct Config {
     pub topology: TopologyConfig,
     /// The command processor: transactions, snapshots, retries.
     pub commands: dietstream_commands::CommandsConfig,
+    /// The indexer of the event store's CQL tables: batches, write concurrency, retries.
+    pub indexer: dietstream_indexer::IndexerConfig,
 }
 
 /// Connection to Kafka.
@@ -487,6 +489,19 @@ impl Config {
         }
         for (setting, reason) in self.commands.problems() {
             bad(&format!("commands.{setting}"), reason);
+        }
+        let max_poll_interval = self
+            .kafka
+            .client_config()
+            .get("max.poll.interval.ms")
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Duration::from_secs(300), Duration::from_millis);
+        for problem in self.indexer.problems(max_poll_interval) {
+            // Each problem reads "indexer.<setting>: <reason>".
+            match problem.split_once(": ") {
+                Some((setting, reason)) => bad(setting, reason.to_owned()),
+                None => bad("indexer", problem),
+            }
         }
         invalid
     }

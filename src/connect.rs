@@ -127,6 +127,24 @@ impl CqlConfig {
         })
     }
 
+    /// Creates the configured keyspace with [`CqlConfig::replication`] unless it exists.
+    pub async fn create_keyspace(
+        &self,
+        session: &Session,
+    ) -> Result<(), scylla::errors::ExecutionError> {
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {}",
+                    self.keyspace,
+                    self.replication()
+                ),
+                (),
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// The replication clause for `CREATE KEYSPACE`: NetworkTopologyStrategy in the local
     /// datacenter when one is named, SimpleStrategy otherwise.
     pub fn replication(&self) -> String {

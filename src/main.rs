@@ -59,6 +59,8 @@ enum Command {
         #[arg(value_enum)]
         processor: Processor,
     },
+    /// Create the CQL keyspace (when missing) and every table dietstream owns; idempotent.
+    Migrate,
     /// The Avro contract (schemas/avro) in the schema registry: one subject per record and
     /// topic of the configured topology (TopicRecordNameStrategy).
     Schemas {
@@ -111,6 +113,9 @@ enum Command {
 enum Processor {
     /// The command processor: the single writer of the event topics.
     Commands,
+    /// The indexer: the event store's CQL tables (events by aggregate, type and user;
+    /// snapshots) from the event and snapshot topics.
+    Indexer,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +242,15 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             simulate(&config, &source, options)
         }
         Command::Run { processor } => run_processor(processor, &config),
+        Command::Migrate => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(dietstream::run::migrate(&config))?;
+            println!(
+                "keyspace {} and its tables are in place",
+                config.cql.keyspace
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -258,6 +272,13 @@ fn run_processor(processor: Processor, config: &Config) -> anyhow::Result<ExitCo
                 summary.transactions,
                 summary.aborted
             );
+        }
+        Processor::Indexer => {
+            runtime.block_on(dietstream::run::indexer(
+                config,
+                dietstream::run::termination(),
+            ))?;
+            eprintln!("indexer stopped: offsets committed");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -354,14 +354,9 @@ pub async fn run(
         step: "cql",
         message,
     };
-    session
-        .query_unpaged(
-            format!(
-                "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {}",
-                config.cql.replication()
-            ),
-            (),
-        )
+    config
+        .cql
+        .create_keyspace(&session)
         .await
         .map_err(|e| cql(e.to_string()))?;
     session

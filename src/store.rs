@@ -1,6 +1,15 @@
-//! The event store's read API: the events of an aggregate, of a type or of a user over a time
-//! range, and the latest snapshot of an aggregate, read from the index tables the indexer
-//! (`dietstream-indexer`) keeps in CQL and decoded through the codec.
+//! The event store (the seed's `EventStore`): appends through the command processor, reads of
+//! the events of an aggregate, of a type or of a user over a time range, and of the latest
+//! snapshot of an aggregate from the index tables the indexer (`dietstream-indexer`) keeps in
+//! CQL, decoded through the codec.
+//!
+//! **Appends are commands.** The command processor is the single writer of the event topics
+//! (DESIGN decision 3): it decides the events from the aggregate's state, so a caller appends by
+//! sending the command that yields them, with the version it expects the aggregate to be at
+//! ([`EventStore::append`]). The reply comes back over Kafka within a timeout and names the new
+//! version, or for a stale expected version both the expected and the actual one.
+//! [`EventStore::save_snapshot`] likewise asks the processor to snapshot an aggregate now
+//! (`aggregate.snapshot.take`), inside its transaction, so a snapshot always matches the log.
 //!
 //! **Kafka is the source of truth.** The tables are an index of the event and snapshot topics:
 //! every row holds the Kafka record value byte for byte (decoded here exactly as a consumer
@@ -24,6 +33,7 @@
 //! interval, so they overstate the lag slightly, never understate it.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dietstream_indexer::tables::{
     aggregate_type_name, cql_date, day_of_micros, EVENTS_BY_AGGREGATE, EVENTS_BY_TYPE,
@@ -31,12 +41,18 @@ use dietstream_indexer::tables::{
 };
 use dietstream_schemas::codec::{Codec, CodecError};
 use dietstream_schemas::registry::SchemaRegistry;
-use dietstream_schemas::types::{AggregateSnapshot, AggregateType};
-use dietstream_schemas::Event;
+use dietstream_schemas::types::{
+    AggregateSnapshot, AggregateType, CommandHeader, RejectionReason, TakeSnapshot,
+    TakeSnapshotPayload,
+};
+use dietstream_schemas::{codec::Record, Command, Event};
 use futures::TryStreamExt;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
+use uuid::Uuid;
+
+use crate::bus::{BusError, CommandBus, CommandOutcome};
 
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +97,54 @@ impl StoreError {
     }
 }
 
-/// Reads of the event store over the indexer's tables. Cheap to share: hold it in an `Arc`.
+/// Why an append (or a snapshot request) did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The aggregate is not at the expected version: nothing was appended. Read it again,
+    /// decide again, retry with `actual` as the expected version.
+    #[error(
+        "concurrency conflict on {aggregate_id}: expected version {expected}, actual {actual}"
+    )]
+    Concurrency {
+        /// The aggregate.
+        aggregate_id: String,
+        /// The version the caller expected.
+        expected: i64,
+        /// The aggregate's version when the command was decided.
+        actual: i64,
+    },
+    /// The command processor refused the command for another reason: nothing was appended.
+    #[error("rejected ({reason:?}){}: {message}", field.as_deref().map(|f| format!(" at {f}")).unwrap_or_default())]
+    Rejected {
+        /// The reason class.
+        reason: RejectionReason,
+        /// Human-readable explanation.
+        message: String,
+        /// The invalid field, for validation errors.
+        field: Option<String>,
+    },
+    /// The command could not be sent or its result did not arrive in time (see
+    /// [`BusError::is_retryable`]). After a timeout the command may still be applied: retry
+    /// it with the same command id, and the processor's reply for that id tells.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// This store was built for reads only ([`EventStore::new`] without
+    /// [`EventStore::appending_through`]).
+    #[error("this event store has no command bus: build it with EventStore::appending_through")]
+    ReadOnly,
+}
+
+/// What an accepted append wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The aggregate's version after the appended events.
+    pub new_version: i64,
+    /// Ids of the appended events, in order; empty when the command changed nothing (and
+    /// for a snapshot request).
+    pub event_ids: Vec<Uuid>,
+}
+
+/// The event store. Cheap to share: hold it in an `Arc`.
 pub struct EventStore<R> {
     session: Arc<Session>,
     codec: Arc<Codec<R>>,
@@ -89,6 +152,7 @@ pub struct EventStore<R> {
     by_type: PreparedStatement,
     by_user: PreparedStatement,
     snapshot: PreparedStatement,
+    bus: Option<(Arc<CommandBus>, Duration)>,
 }
 
 impl<R: SchemaRegistry> EventStore<R> {
@@ -137,7 +201,98 @@ impl<R: SchemaRegistry> EventStore<R> {
             by_type,
             by_user,
             snapshot,
+            bus: None,
         })
+    }
+
+    /// Lets this store append: commands go through `bus`, and each waits up to `timeout` for
+    /// the processor's reply.
+    pub fn appending_through(mut self, bus: Arc<CommandBus>, timeout: Duration) -> Self {
+        self.bus = Some((bus, timeout));
+        self
+    }
+
+    /// Appends the events `command` yields to the aggregate `aggregate_id`, if the aggregate is
+    /// at `expected_version` (`None`: at any version; `Some(0)`: it must not exist yet).
+    /// `aggregate_id` and `expected_version` replace the command header's own. Returns the
+    /// new version, or [`AppendError::Concurrency`] naming the expected and actual versions.
+    pub async fn append(
+        &self,
+        aggregate_id: &str,
+        mut command: Command,
+        expected_version: Option<i64>,
+    ) -> Result<Appended, AppendError> {
+        let (bus, timeout) = self.bus.as_ref().ok_or(AppendError::ReadOnly)?;
+        {
+            let header = command.header_mut();
+            header.aggregate_id = aggregate_id.to_owned();
+            header.expected_version = expected_version;
+        }
+        match bus.execute(command, *timeout).await? {
+            CommandOutcome::Accepted {
+                new_version,
+                event_ids,
+            } => Ok(Appended {
+                new_version,
+                event_ids,
+            }),
+            CommandOutcome::Rejected {
+                reason: RejectionReason::ConcurrencyConflict,
+                expected_version: expected,
+                current_version: actual,
+                ..
+            } => Err(AppendError::Concurrency {
+                aggregate_id: aggregate_id.to_owned(),
+                expected: expected.or(expected_version).unwrap_or_default(),
+                actual: actual.unwrap_or_default(),
+            }),
+            CommandOutcome::Rejected {
+                reason,
+                message,
+                field,
+                ..
+            } => Err(AppendError::Rejected {
+                reason,
+                message,
+                field,
+            }),
+        }
+    }
+
+    /// Asks the command processor to write a snapshot of the aggregate at its current version
+    /// now (the seed's `saveSnapshot`); returns that version. `reason` is logged by the
+    /// processor. The snapshot is readable through [`EventStore::snapshot`] once the indexer
+    /// has read it.
+    pub async fn save_snapshot(
+        &self,
+        aggregate_type: AggregateType,
+        aggregate_id: &str,
+        reason: &str,
+    ) -> Result<i64, AppendError> {
+        let issued_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let command = Command::TakeSnapshot(TakeSnapshot {
+            header: CommandHeader {
+                command_id: Uuid::new_v4(),
+                command_type: TakeSnapshot::RECORD_TYPE.to_owned(),
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate_type,
+                expected_version: None,
+                issued_at,
+                user_id: None,
+                session_id: None,
+                correlation_id: None,
+                causation_id: None,
+                metadata: Default::default(),
+            },
+            payload: TakeSnapshotPayload {
+                reason: reason.to_owned(),
+            },
+        });
+        self.append(aggregate_id, command, None)
+            .await
+            .map(|appended| appended.new_version)
     }
 
     /// The events of one aggregate with `from_version <= version <= to_version`, ordered by

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
+use common::commands::{log_water, register};
 use common::Stack;
 use dietstream::bus::{CommandBus, CommandOutcome};
 use dietstream::config::Config;
@@ -16,10 +17,7 @@ use dietstream_commands::{CommandsConfig, RunSummary, Topics};
 use dietstream_schemas::catalog::Catalog;
 use dietstream_schemas::codec::Codec;
 use dietstream_schemas::headers;
-use dietstream_schemas::types::{
-    ActivityLevel, AggregateType, CommandHeader, CommandResult, LogWater, LogWaterPayload,
-    RegisterUser, RegisterUserPayload, RejectionReason,
-};
+use dietstream_schemas::types::{AggregateType, CommandResult, RejectionReason};
 use dietstream_schemas::Command;
 use dietstream_topology::Topology;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -48,13 +46,7 @@ fn start(
     oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<RunSummary, dietstream_commands::ProcessorError>>,
 ) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    common::init_tracing();
     let (stop, stopped) = oneshot::channel::<()>();
     let codec = std::sync::Arc::new(
         Codec::new(
@@ -73,55 +65,6 @@ fn start(
         },
     ));
     (stop, handle)
-}
-
-fn header(
-    aggregate_id: &str,
-    aggregate_type: AggregateType,
-    command_type: &str,
-    expected: Option<i64>,
-) -> CommandHeader {
-    CommandHeader {
-        command_id: Uuid::new_v4(),
-        command_type: command_type.to_owned(),
-        aggregate_id: aggregate_id.to_owned(),
-        aggregate_type,
-        expected_version: expected,
-        issued_at: 1_767_225_600_000_000,
-        user_id: Some(aggregate_id.to_owned()),
-        session_id: None,
-        correlation_id: None,
-        causation_id: None,
-        metadata: HashMap::new(),
-    }
-}
-
-fn register(user: &str) -> Command {
-    Command::RegisterUser(RegisterUser {
-        header: header(user, AggregateType::User, "user.register", Some(0)),
-        payload: RegisterUserPayload {
-            display_name: format!("Player {user}"),
-            email: format!("{user}@example.com"),
-            locale: "en-GB".to_owned(),
-            time_zone: "Europe/London".to_owned(),
-            birth_year: None,
-            height_cm: None,
-            weight_kg: None,
-            activity_level: ActivityLevel::ModeratelyActive,
-            referral_code: None,
-        },
-    })
-}
-
-fn log_water(user: &str, expected: Option<i64>, millilitres: i32) -> Command {
-    Command::LogWater(LogWater {
-        header: header(user, AggregateType::User, "nutrition.water.log", expected),
-        payload: LogWaterPayload {
-            intake_id: Uuid::new_v4(),
-            millilitres,
-            drunk_at: 1_767_260_000_000_000,
-        },
-    })
 }
 
 async fn execute(bus: &CommandBus, command: Command) -> CommandOutcome {
@@ -550,4 +493,136 @@ async fn kill_9_mid_run_loses_duplicates_and_reorders_nothing() {
 
     child.kill().expect("stop the processor");
     child.wait().expect("reaped");
+}
+
+/// Versions per aggregate on `topic` (committed records only), in log order.
+fn versions_by_aggregate(
+    stack: &Stack,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<String, Vec<i64>> {
+    let mut versions: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for record in read_all(stack, topic, true) {
+        let key = record.key.as_deref().expect("event key");
+        let (aggregate, version) = key.rsplit_once('/').expect("<id>/<version>");
+        assert_eq!(
+            record.partition,
+            dietstream_topology::partition_for(aggregate, partitions),
+            "{key} on the partition of its aggregate"
+        );
+        versions
+            .entry(aggregate.to_owned())
+            .or_default()
+            .push(version.parse().expect("numeric version"));
+    }
+    versions
+}
+
+#[tokio::test]
+async fn a_simulator_run_answers_every_command_and_leaves_contiguous_versions() {
+    use dietstream::simulate::{GeneratorConfig, SimulateOptions};
+    use dietstream_commands::domain::AggregateKind;
+
+    let stack = Stack::get().await;
+    let config = stack.with_topology().await;
+    let topics = topics(&config);
+    let (stop, processor) = start(&config, CommandsConfig::default());
+    let bus = std::sync::Arc::new(
+        CommandBus::from_config(&config, "simulator")
+            .await
+            .expect("bus"),
+    );
+    let mut generator = GeneratorConfig::new(11, 40);
+    generator.user_prefix = format!("{}-sim", stack.prefix);
+    generator.invalid_rate = 0.05;
+    let record = std::env::temp_dir().join(format!("{}-simulation.jsonl", stack.prefix));
+    let summary = dietstream::simulate::run(
+        bus,
+        SimulateOptions {
+            generator,
+            rate: 400.0,
+            duration: None,
+            max_commands: Some(1_500),
+            timeout: TIMEOUT,
+            record: Some(record.clone()),
+            progress: false,
+        },
+        std::future::pending(),
+    )
+    .await
+    .expect("simulation runs");
+
+    // Every command answered, each as the simulator expected.
+    assert_eq!((summary.timeouts, summary.errors), (0, 0), "{summary:?}");
+    assert_eq!(
+        summary.sent,
+        summary.accepted + summary.rejected_total(),
+        "{summary:?}"
+    );
+    assert!(
+        summary.deliberate > 0,
+        "some invalid commands on purpose: {summary:?}"
+    );
+    assert_eq!(summary.deliberate_accepted, 0, "{summary:?}");
+    assert_eq!(summary.unexpected_rejections, 0, "{summary:?}");
+    assert!(
+        summary
+            .rejected
+            .get("CONCURRENCY_CONFLICT")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "stale versions among the invalid commands: {summary:?}"
+    );
+
+    // The record file: one line per command sent; the highest accepted version of each
+    // aggregate is how many events it has.
+    let text = std::fs::read_to_string(&record).expect("record file");
+    let _ = std::fs::remove_file(&record);
+    // Aggregate ids are unique per kind only (a player's AI coaching shares the user id).
+    let mut newest: BTreeMap<(AggregateKind, String), i64> = BTreeMap::new();
+    let mut lines = 0;
+    for line in text.lines() {
+        lines += 1;
+        let line: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        if let Some(version) = line["result"]["new_version"].as_i64().filter(|v| *v > 0) {
+            let aggregate = line["aggregate_id"]
+                .as_str()
+                .expect("aggregate_id")
+                .to_owned();
+            let command_type = line["command_type"].as_str().expect("command_type");
+            let kind = match command_type.split('.').next() {
+                Some("social") => AggregateKind::Social,
+                Some("ai") => AggregateKind::Ai,
+                _ => AggregateKind::User,
+            };
+            let entry = newest.entry((kind, aggregate)).or_default();
+            *entry = (*entry).max(version);
+        }
+    }
+    assert_eq!(lines, summary.sent);
+
+    // The event topics: versions 1..=n per aggregate, in log order, nothing twice or missing,
+    // and n is the last version a result announced.
+    let mut seen: BTreeMap<(AggregateKind, String), i64> = BTreeMap::new();
+    for kind in [
+        AggregateKind::User,
+        AggregateKind::Social,
+        AggregateKind::Ai,
+    ] {
+        let versions = versions_by_aggregate(&stack, topics.events_of(kind), topics.partitions);
+        for (aggregate, versions) in versions {
+            let expected: Vec<i64> = (1..=versions.len() as i64).collect();
+            assert_eq!(versions, expected, "versions of {kind:?} {aggregate}");
+            seen.insert((kind, aggregate), expected.len() as i64);
+        }
+    }
+    assert_eq!(seen, newest, "events per aggregate against the results");
+
+    stop.send(()).expect("processor running");
+    let run = processor
+        .await
+        .expect("task")
+        .expect("processor stopped cleanly");
+    assert_eq!(run.accepted, summary.accepted);
 }

@@ -369,6 +369,7 @@ pub fn command_json(command: &Command) -> serde_json::Value {
         SendFriendRequest,
         AwardXp,
         RegisterUser,
+        TakeSnapshot,
         UpdateProfile
     )
     // The generated types serialise plain data (strings, numbers, uuids): this cannot fail,

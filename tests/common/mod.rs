@@ -8,6 +8,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod commands;
 #[cfg(feature = "containers")]
 mod containers;
 
@@ -41,6 +42,18 @@ pub fn unique_name(kind: &str) -> String {
         rand::random::<u32>(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Sends the log of the code under test to the test output, at `warn` unless `RUST_LOG` says
+/// otherwise (e.g. `RUST_LOG=dietstream_commands=debug`). Idempotent.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 impl Stack {

@@ -444,7 +444,19 @@ impl<R: SchemaRegistry> State<R> {
                 }),
             );
         }
-        let kind = AggregateKind::of_command(command);
+        let Some(kind) = AggregateKind::of_command(command) else {
+            return self.reply(
+                header,
+                Err(Rejection::unknown_aggregate(
+                    format!(
+                        "{} names aggregate type {:?}, which the command processor does not own",
+                        command.record_type(),
+                        header.aggregate_type
+                    ),
+                    0,
+                )),
+            );
+        };
         let key = (kind, id);
         let current = self.aggregate(partition, &key);
         let decision = decide(&current, command, now_micros());
@@ -475,7 +487,14 @@ impl<R: SchemaRegistry> State<R> {
             self.append_event(&event_topic, partition, event)?;
         }
         let every = i64::from(self.config.snapshot_every);
-        if !events.is_empty() && next.version / every != current.version / every {
+        let asked = match command {
+            Command::TakeSnapshot(c) => {
+                info!(aggregate = %key.1, version = next.version, reason = %c.payload.reason, "Snapshot asked for.");
+                true
+            }
+            _ => false,
+        };
+        if asked || (!events.is_empty() && next.version / every != current.version / every) {
             self.write_snapshot(kind, partition, &key.1, &next)?;
         }
         let event_ids = events.iter().map(|e| e.header().event_id).collect();

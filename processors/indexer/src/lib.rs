@@ -45,6 +45,12 @@ pub enum IndexerError {
         /// One line per invalid setting, naming it.
         problems: Vec<String>,
     },
+    /// The topology lacks what the indexer needs. Permanent: the topology file must change.
+    #[error("the topology does not fit the indexer: {problem}")]
+    Topology {
+        /// What is missing or wrong.
+        problem: String,
+    },
     /// A Kafka client could not be created or could not subscribe. Permanent: the Kafka
     /// settings must change.
     #[error("cannot set up the indexer's Kafka {role}: {source}")]

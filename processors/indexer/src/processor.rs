@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dietstream_schemas::codec::{Codec, CodecError};
 use dietstream_schemas::registry::SchemaRegistry;
 use dietstream_schemas::types::{AggregateSnapshot, AggregateType, EventHeader};
+use dietstream_topology::{Desired, Kind};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -70,6 +71,61 @@ pub struct Topics {
     pub sources: Vec<Source>,
     /// Its dead-letter topic (`diet.dlq.indexer`).
     pub dead_letter: String,
+}
+
+impl Topics {
+    /// The indexer's topics as the resolved topology names them: every topic its consumer
+    /// group reads must be an event or snapshot topic with an aggregate type.
+    pub fn from_desired(desired: &Desired) -> Result<Topics, IndexerError> {
+        let mismatch = |problem: String| IndexerError::Topology { problem };
+        let consumer = desired
+            .consumers
+            .iter()
+            .find(|c| c.processor == PROCESSOR)
+            .ok_or_else(|| mismatch(format!("no consumer for processor {PROCESSOR:?}")))?;
+        let sources = consumer
+            .reads
+            .iter()
+            .map(|name| {
+                let topic = desired
+                    .topics
+                    .iter()
+                    .find(|t| &t.name == name)
+                    .ok_or_else(|| mismatch(format!("{name} is read but not declared")))?;
+                let kind = match topic.kind {
+                    Kind::Event => SourceKind::Events,
+                    Kind::Snapshot => SourceKind::Snapshots,
+                    other => {
+                        return Err(mismatch(format!(
+                            "{name} is a {} topic; the indexer reads event and snapshot topics",
+                            other.name()
+                        )))
+                    }
+                };
+                let aggregate_type = match topic.aggregate.as_deref() {
+                    Some("user") => AggregateType::User,
+                    Some("social") => AggregateType::Social,
+                    Some("ai") => AggregateType::Ai,
+                    Some("system") => AggregateType::System,
+                    other => {
+                        return Err(mismatch(format!(
+                            "{name} has aggregate {other:?}; expected user, social, ai or system"
+                        )))
+                    }
+                };
+                Ok(Source {
+                    topic: name.clone(),
+                    aggregate_type,
+                    kind,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Topics {
+            group_id: consumer.group.clone(),
+            sources,
+            dead_letter: consumer.dead_letter.clone(),
+        })
+    }
 }
 
 /// Runs the indexer until `shutdown` resolves or a record exhausts its retries.

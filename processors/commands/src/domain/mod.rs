@@ -52,7 +52,7 @@ pub use user::{
 pub use validate::limits;
 
 /// The aggregate kinds the command processor owns (SYSTEM has no commands).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum AggregateKind {
     /// A player: profile, XP, nutrition and quests (`diet.events.user`).
     User,
@@ -82,10 +82,13 @@ impl AggregateKind {
         }
     }
 
-    /// The aggregate a command type belongs to (the record's `dietstream.aggregate_type`
-    /// attribute; a test checks this match against the schema catalogue).
-    pub fn of_command(c: &Command) -> AggregateKind {
-        match c {
+    /// The aggregate a command targets: for the typed commands the record's
+    /// `dietstream.aggregate_type` attribute (a test checks this match against the schema
+    /// catalogue); for `aggregate.snapshot.take`, which any aggregate accepts, its
+    /// header's aggregate type. `None` when that names no aggregate of the command processor.
+    pub fn of_command(c: &Command) -> Option<AggregateKind> {
+        let kind = match c {
+            Command::TakeSnapshot(c) => return AggregateKind::of(c.header.aggregate_type),
             Command::RegisterUser(_)
             | Command::UpdateProfile(_)
             | Command::AwardXp(_)
@@ -110,7 +113,8 @@ impl AggregateKind {
             | Command::CreateInsight(_)
             | Command::GiveRecommendation(_)
             | Command::RecordFeedback(_) => AggregateKind::Ai,
-        }
+        };
+        Some(kind)
     }
 
     /// The aggregate an event record belongs to; `None` for system events.
@@ -304,20 +308,24 @@ pub fn decide(
     now_micros: i64,
 ) -> Result<Vec<Event>, Rejection> {
     let header = command.header();
-    let kind = AggregateKind::of_command(command);
     let current = aggregate.version;
-
-    if AggregateKind::of(header.aggregate_type) != Some(kind) {
-        return Err(Rejection::unknown_aggregate(
-            format!(
-                "command {} targets {:?} aggregates, but header.aggregate_type is {:?}",
-                command.record_type(),
-                kind.aggregate_type(),
-                header.aggregate_type
-            ),
-            current,
-        ));
-    }
+    let kind = match AggregateKind::of_command(command) {
+        Some(kind) if AggregateKind::of(header.aggregate_type) == Some(kind) => kind,
+        kind => {
+            return Err(Rejection::unknown_aggregate(
+                format!(
+                    "command {} targets {} aggregates, but header.aggregate_type is {:?}",
+                    command.record_type(),
+                    kind.map_or("USER, SOCIAL or AI".to_owned(), |k| format!(
+                        "{:?}",
+                        k.aggregate_type()
+                    )),
+                    header.aggregate_type
+                ),
+                current,
+            ))
+        }
+    };
 
     if let Some(expected) = header.expected_version {
         if expected != current {
@@ -370,6 +378,21 @@ pub fn decide(
     }
 
     validate::header(command)?;
+    if let Command::TakeSnapshot(_) = command {
+        // No events: the processor writes the snapshot of the aggregate as it stands.
+        return if exists {
+            Ok(Vec::new())
+        } else {
+            Err(Rejection::unknown_aggregate(
+                format!(
+                    "{:?} aggregate {:?} has no events; there is nothing to snapshot",
+                    kind.aggregate_type(),
+                    header.aggregate_id
+                ),
+                current,
+            ))
+        };
+    }
     let mut emitter = Emitter::new(aggregate, header, now_micros);
     match kind {
         AggregateKind::User => user::decide(&mut emitter, command)?,

@@ -420,6 +420,16 @@ pub(super) fn feedback(
     })
 }
 
+/// `aggregate.snapshot.take` for the aggregate `aggregate_id` of type `t`.
+pub(super) fn take_snapshot(t: AggregateType, aggregate_id: &str) -> Command {
+    Command::TakeSnapshot(types::TakeSnapshot {
+        header: header(t, aggregate_id, "aggregate.snapshot.take"),
+        payload: types::TakeSnapshotPayload {
+            reason: "test".into(),
+        },
+    })
+}
+
 /// One command of every type, for tests that must cover them all.
 pub(super) fn one_of_each() -> Vec<Command> {
     vec![
@@ -450,6 +460,7 @@ pub(super) fn one_of_each() -> Vec<Command> {
         insight(3),
         recommendation(4, None),
         feedback(5, 2, types::FeedbackTargetKind::Response, 5),
+        take_snapshot(AggregateType::User, USER),
     ]
 }
 
