@@ -25,11 +25,13 @@ INTEROP_REQUIREMENTS := tests/interop/requirements.txt
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-run: up ## Start the local stack, apply the topology, register the schemas, run the round trip.
+run: up ## Local stack, topology, schemas, tables; then the command processor and indexer under a simulated load, and queries.
 	cargo build --quiet
 	$(WITH_STACK_ENV) $(DIETSTREAM) topology apply
 	$(WITH_STACK_ENV) $(DIETSTREAM) schemas register | tail -n 1
-	$(WITH_STACK_ENV) $(DIETSTREAM) roundtrip
+	$(WITH_STACK_ENV) $(DIETSTREAM) migrate
+	$(WITH_STACK_ENV) $(DIETSTREAM) roundtrip | tail -n 1
+	$(WITH_STACK_ENV) infra/local/pipeline $(DIETSTREAM)
 
 test: tools lint up interop-env ## Format check, clippy, docs, then every test against the local stack.
 	@log=$$(mktemp); \

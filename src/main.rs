@@ -9,6 +9,8 @@ use dietstream::config::{Config, CONFIG_FILE_ENV};
 use dietstream::contract::{self, Verdict};
 use dietstream::roundtrip::{self, RoundTripOptions};
 use dietstream_schemas::catalog::Catalog;
+use dietstream_schemas::codec::Codec;
+use dietstream_schemas::types::AggregateType;
 use dietstream_topology::{ApplyOutcome, Cluster, Topology};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
@@ -61,6 +63,23 @@ enum Command {
     },
     /// Create the CQL keyspace (when missing) and every table dietstream owns; idempotent.
     Migrate,
+    /// Consumer lag of each processor's group (records between its committed offsets and the
+    /// ends of the topics it reads).
+    Lag {
+        /// Only this processor (as named in topology/topology.toml, e.g. `indexer`).
+        #[arg(long)]
+        processor: Option<String>,
+        /// Wait until every listed group has lag 0, at most this long (e.g. 60s); exit 1 if
+        /// it does not get there.
+        #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+    /// Ask the event store: a player's progress or nutrition, an aggregate's events. Reads the
+    /// indexer's tables, so what the indexer has not read yet is missing.
+    Query {
+        #[command(subcommand)]
+        command: QueryCommand,
+    },
     /// The Avro contract (schemas/avro) in the schema registry: one subject per record and
     /// topic of the configured topology (TopicRecordNameStrategy).
     Schemas {
@@ -106,6 +125,50 @@ enum Command {
         #[arg(long, default_value = "simulator")]
         source: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueryCommand {
+    /// XP, level, streak and achievements of a player.
+    Progress {
+        /// The user id.
+        user: String,
+    },
+    /// A player's daily nutrition between two dates (both included), against their goals.
+    Nutrition {
+        /// The user id.
+        user: String,
+        /// First day, YYYY-MM-DD.
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last day, YYYY-MM-DD.
+        #[arg(long)]
+        to: chrono::NaiveDate,
+    },
+    /// The events of one aggregate, one line each, in version order.
+    Events {
+        /// USER, SOCIAL or AI.
+        #[arg(long = "type", default_value = "user", value_parser = parse_aggregate_type)]
+        aggregate_type: AggregateType,
+        /// The aggregate id.
+        id: String,
+        /// First version.
+        #[arg(long, default_value_t = 1)]
+        from_version: i64,
+        /// Last version.
+        #[arg(long, default_value_t = i64::MAX)]
+        to_version: i64,
+    },
+}
+
+fn parse_aggregate_type(text: &str) -> Result<AggregateType, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "user" => Ok(AggregateType::User),
+        "social" => Ok(AggregateType::Social),
+        "ai" => Ok(AggregateType::Ai),
+        "system" => Ok(AggregateType::System),
+        _ => Err(format!("{text:?}: expected user, social, ai or system")),
+    }
 }
 
 /// The processors `dietstream run` can start.
@@ -242,6 +305,8 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             simulate(&config, &source, options)
         }
         Command::Run { processor } => run_processor(processor, &config),
+        Command::Query { command } => query(command, &config),
+        Command::Lag { processor, wait } => lag(&config, processor.as_deref(), wait),
         Command::Migrate => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(dietstream::run::migrate(&config))?;
@@ -450,4 +515,144 @@ fn simulate(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn query(command: QueryCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let session = std::sync::Arc::new(config.cql.session().await?);
+        let codec = std::sync::Arc::new(Codec::new(
+            config.schema_registry.registry()?,
+            &Catalog::embedded()?,
+        )?);
+        let store = std::sync::Arc::new(
+            dietstream::store::EventStore::new(session, &config.cql.keyspace, codec).await?,
+        );
+        match command {
+            QueryCommand::Progress { user } => {
+                let queries = dietstream::query::QueryBus::new(store);
+                let Some(p) = queries.user_progress(&user).await? else {
+                    println!("no user {user:?} in the event store");
+                    return Ok(ExitCode::FAILURE);
+                };
+                println!(
+                    "{} ({}) at version {}: level {}, {} XP (next level at {}), streak {} days, \
+                     {} meals logged, {} goals met, {} quests completed, achievements: {}",
+                    p.user_id,
+                    p.display_name,
+                    p.version,
+                    p.level,
+                    p.total_xp,
+                    p.next_level_xp,
+                    p.streak_days,
+                    p.meals_logged,
+                    p.goals_met,
+                    p.quests_completed,
+                    if p.achievements.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        p.achievements.join(", ")
+                    }
+                );
+            }
+            QueryCommand::Nutrition { user, from, to } => {
+                let queries = dietstream::query::QueryBus::new(store);
+                let n = queries.nutrition_analytics(&user, from, to).await?;
+                println!(
+                    "{:<10}  {:>5}  {:>8}  {:>9}  {:>7}  {:>6}  {:>7}  {:>6}  goals met",
+                    "day", "meals", "kcal", "protein g", "carbs g", "fat g", "fibre g", "water"
+                );
+                for d in &n.days {
+                    let met: Vec<String> = d.goals_met.iter().map(|k| format!("{k:?}")).collect();
+                    println!(
+                        "{:<10}  {:>5}  {:>8.0}  {:>9.1}  {:>7.1}  {:>6.1}  {:>7.1}  {:>6}  {}",
+                        d.date,
+                        d.meals,
+                        d.nutrients.energy_kcal,
+                        d.nutrients.protein_g,
+                        d.nutrients.carbohydrate_g,
+                        d.nutrients.fat_g,
+                        d.nutrients.fibre_g,
+                        d.water_ml,
+                        met.join(",")
+                    );
+                }
+                println!(
+                    "{} days with data, mean {:.0} kcal, as of version {}",
+                    n.days.len(),
+                    n.mean_energy_kcal(),
+                    n.version
+                );
+            }
+            QueryCommand::Events {
+                aggregate_type,
+                id,
+                from_version,
+                to_version,
+            } => {
+                let events = store
+                    .events(aggregate_type, &id, from_version, to_version)
+                    .await?;
+                for e in &events {
+                    let h = e.header();
+                    println!(
+                        "{:>6}  {:<32}  {}  {}",
+                        h.version, h.event_type, h.event_id, h.timestamp
+                    );
+                }
+                println!("{} events", events.len());
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn lag(
+    config: &Config,
+    processor: Option<&str>,
+    wait: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    let desired =
+        Topology::embedded()?.resolve(config.topology.profile, &config.topology.prefix)?;
+    let consumers: Vec<_> = desired
+        .consumers
+        .iter()
+        .filter(|c| processor.is_none_or(|p| c.processor == p))
+        .collect();
+    if consumers.is_empty() {
+        bail!("no processor {processor:?} in the topology");
+    }
+    let client = config.kafka.client_config();
+    let deadline = wait.map(|w| std::time::Instant::now() + w);
+    loop {
+        let mut total = 0;
+        let mut lines = Vec::new();
+        for c in &consumers {
+            let lag = dietstream::kafka::group_lag(
+                &client,
+                &c.group,
+                &c.reads,
+                config.kafka.request_timeout,
+            )?;
+            total += lag.total();
+            lines.push(format!(
+                "{:<12} {:<40} lag {:>8} over {} partitions",
+                c.processor,
+                c.group,
+                lag.total(),
+                lag.partitions.len()
+            ));
+        }
+        let caught_up = total == 0 || deadline.is_none();
+        if caught_up || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            lines.iter().for_each(|l| println!("{l}"));
+            if caught_up {
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("lag still {total} after {:?}", wait.unwrap_or_default());
+            return Ok(ExitCode::FAILURE);
+        }
+        // Polling the brokers: committed offsets move by auto-commit or transaction commit.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }

@@ -1,5 +1,5 @@
 //! `dietstream simulate`: plays the Diet Planner Game as commands through the
-//! [`CommandBus`](crate::bus::CommandBus), at a given rate, for a given time or number of
+//! [`CommandBus`], at a given rate, for a given time or number of
 //! commands.
 //!
 //! Every simulated player runs as its own closed loop: the pure [`generator`] chooses the next

@@ -209,6 +209,10 @@ pub async fn run<R: SchemaRegistry>(
             biased;
             () = &mut shutdown => break Ok(()),
             message = consumer.recv() => message,
+            () = tokio::time::sleep(IDLE_POSITION_STORE) => {
+                store_positions(&consumer);
+                continue;
+            }
         };
         let mut batch = Vec::with_capacity(config.batch_size);
         match first {
@@ -233,6 +237,7 @@ pub async fn run<R: SchemaRegistry>(
         if let Err(error) = indexer.write_batch(&consumer, &batch).await {
             break Err(error);
         }
+        store_positions(&consumer);
     };
 
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -251,6 +256,31 @@ pub async fn run<R: SchemaRegistry>(
         }
     }
     outcome
+}
+
+/// How long the consumer waits for records before it stores its positions anyway.
+const IDLE_POSITION_STORE: Duration = Duration::from_secs(1);
+
+/// Stores each assigned partition's position as its offset to commit. Called only between
+/// batches, when every record delivered so far is indexed: the position is then the last
+/// delivered record + 1, or past the transaction markers that follow it, which a
+/// `read_committed` consumer skips without delivering. Without this the committed offset
+/// stays on the commit marker after the command processor's last transaction, and the group
+/// shows a lag of 1 on every idle partition (librdkafka issue #2539).
+fn store_positions(consumer: &StreamConsumer<RebalanceLog>) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for element in positions.elements() {
+        if let rdkafka::Offset::Offset(offset) = element.offset() {
+            // store_offset stores offset + 1: the position is already the next to read.
+            if let Err(error) =
+                consumer.store_offset(element.topic(), element.partition(), offset - 1)
+            {
+                debug!(topic = element.topic(), partition = element.partition(), %error, "Storing a position failed.");
+            }
+        }
+    }
 }
 
 /// Logs rebalances and commits the stored offsets before partitions are taken away.
