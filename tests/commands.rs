@@ -99,9 +99,47 @@ async fn two_writers_with_the_same_expected_version_one_wins() {
         } => {}
         other => panic!("the second writer must get a concurrency conflict, got {other:?}"),
     }
+
+    // Correlation and causation ids flow from the command to its events and its result.
+    let correlation = Uuid::new_v4();
+    let mut command = log_water(&user, None, 100);
+    command.header_mut().correlation_id = Some(correlation);
+    let command_id = command.header().command_id;
+    let result = bus.execute_raw(command, TIMEOUT).await.expect("a result");
+    assert_eq!(
+        (result.command_id, result.correlation_id),
+        (command_id, Some(correlation))
+    );
+    let codec = Codec::new(
+        config.schema_registry.registry().expect("registry"),
+        &Catalog::embedded().expect("catalog"),
+    )
+    .expect("codec");
+    let user_events = topics(&config)
+        .events_of(dietstream_commands::domain::AggregateKind::User)
+        .to_owned();
+    let mut caused = 0;
+    for record in read_all(&stack, &user_events, true) {
+        let event = codec
+            .decode_event(record.value.as_deref().expect("value"))
+            .await
+            .expect("an event");
+        let header = event.header();
+        if header.causation_id == Some(command_id) {
+            caused += 1;
+            assert_eq!(header.correlation_id, Some(correlation));
+        } else {
+            assert_eq!(
+                header.correlation_id, header.causation_id,
+                "no correlation given"
+            );
+        }
+    }
+    assert!(caused >= 1, "the command's events name it as their cause");
+
     stop.send(()).expect("processor running");
     let summary = processor.await.expect("joined").expect("clean stop");
-    assert_eq!((summary.accepted, summary.rejected), (2, 1));
+    assert_eq!((summary.accepted, summary.rejected), (3, 1));
 }
 
 #[tokio::test]
