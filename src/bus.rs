@@ -318,19 +318,7 @@ impl CommandBus {
         codec: Arc<BusCodec>,
         options: BusOptions,
     ) -> Result<CommandBus, BusError> {
-        let producer: FutureProducer = kafka
-            .client_config()
-            // A command is a user action: it must not be lost or duplicated by a retry
-            // inside the client.
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            // Commands are on the latency path: small linger, cheap compression.
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4")
-            .set(
-                "message.timeout.ms",
-                crate::connect::millis(options.request_timeout),
-            )
+        let producer: FutureProducer = command_producer_config(kafka, options.request_timeout)
             .create()
             .map_err(|source| BusError::Client {
                 role: "producer",
@@ -505,6 +493,25 @@ fn listener_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
+/// Producer settings for commands, shared by the bus and anything else that sends commands in
+/// bulk (the benchmark).
+pub fn command_producer_config(kafka: &KafkaConfig, request_timeout: Duration) -> ClientConfig {
+    let mut config = kafka.client_config();
+    config
+        // A command is a user action: it must not be lost or duplicated by a retry inside
+        // the client.
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        // Commands are on the latency path: small linger, cheap compression.
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .set(
+            "message.timeout.ms",
+            crate::connect::millis(request_timeout),
+        );
+    config
+}
+
 /// Partition count of the commands topic and end offset of every results partition.
 async fn cluster_layout(
     kafka: &KafkaConfig,
@@ -542,13 +549,28 @@ async fn cluster_layout(
         let result_partitions = partitions(&options.results_topic)?;
         let mut ends = Vec::new();
         for partition in 0..result_partitions {
-            let (_, high) = probe
-                .fetch_watermarks(&options.results_topic, partition, timeout)
-                .map_err(|source| BusError::Cluster {
-                    operation: "end offsets request",
-                    topic: options.results_topic.clone(),
-                    source,
-                })?;
+            // A freshly created topic's leaders may not be known to every broker yet:
+            // transient errors are retried until the request timeout has passed.
+            let deadline = std::time::Instant::now() + timeout;
+            let high = loop {
+                match probe.fetch_watermarks(&options.results_topic, partition, timeout) {
+                    Ok((_, high)) => break high,
+                    Err(source)
+                        if dietstream_topology::is_retryable_error(&source)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        tracing::debug!(partition, error = %source, "end offsets request retried");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(source) => {
+                        return Err(BusError::Cluster {
+                            operation: "end offsets request",
+                            topic: options.results_topic.clone(),
+                            source,
+                        })
+                    }
+                }
+            };
             ends.push(high);
         }
         Ok((command_partitions, ends))

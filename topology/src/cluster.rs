@@ -105,7 +105,9 @@ impl ClusterError {
     }
 }
 
-fn is_retryable_error(error: &KafkaError) -> bool {
+/// True when a Kafka client error is transient: a broker or controller unreachable, busy or
+/// moving, or a fresh partition whose leader is not yet known. Trying again later may succeed.
+pub fn is_retryable_error(error: &KafkaError) -> bool {
     match error {
         KafkaError::AdminOp(code) | KafkaError::MetadataFetch(code) => is_retryable_code(*code),
         other => other.rdkafka_error_code().is_some_and(is_retryable_code),

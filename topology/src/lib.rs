@@ -23,7 +23,7 @@ mod model;
 mod partition;
 mod plan;
 
-pub use cluster::{ApplyOutcome, Cluster, ClusterError};
+pub use cluster::{is_retryable_error, ApplyOutcome, Cluster, ClusterError};
 pub use model::{
     check_prefix, keys, prefixed, CleanupPolicy, Compression, ConsumerSpec, Desired,
     DesiredConsumer, DesiredTopic, Kind, KindSpec, Kinds, PerProfile, Profile, ProfileSpec,

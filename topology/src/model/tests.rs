@@ -267,6 +267,7 @@ fn every_broken_rule_is_reported_at_once() {
         "differ only in '.' versus '_'",
         "aggregate type ai needs both an event topic and a snapshot topic",
         "consumer commands: topic diet.snapshots.ai is not in the topology",
+        "consumer indexer: topic diet.snapshots.ai is not in the topology",
         "consumer nutrition: topic diet.events.food is not in the topology",
         "consumer engagement: dead_letter diet.commands is a command topic",
         "dead-letter topic diet.dlq.engagement belongs to no consumer",
