@@ -16,6 +16,9 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code of `topology diff` when the cluster differs from the topology, and of `schemas
 /// check` when a schema cannot be registered (1 is an error, 2 an invalid configuration).
 const EXIT_DRIFT: u8 = 3;

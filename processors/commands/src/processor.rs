@@ -40,6 +40,9 @@ use crate::domain::{apply, decide, Aggregate, AggregateKind, Rejection, STATE_FO
 use crate::restore::{restore_partitions, AggregateKey, Restored};
 use crate::topics::{Topics, PROCESSOR};
 
+/// How often a wait on the producer (queue room, outstanding deliveries) looks again.
+const DELIVERY_CHECK: Duration = Duration::from_micros(500);
+
 /// Why the command processor stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
@@ -301,7 +304,7 @@ struct Transaction {
     /// Next offset to consume per partition: what the transaction commits.
     next_offsets: BTreeMap<i32, i64>,
     /// Aggregates changed by this transaction's commands, per partition.
-    pending: HashMap<(i32, AggregateKey), Aggregate>,
+    pending: HashMap<i32, HashMap<AggregateKey, Aggregate>>,
     accepted: u64,
     rejected: u64,
     dead_lettered: u64,
@@ -465,13 +468,17 @@ impl<R: SchemaRegistry> State<R> {
             );
         };
         let key = (kind, id);
-        let current = self.aggregate(partition, &key);
-        let decision = decide(&current, command, now_micros());
+        // The aggregate is only borrowed to decide; it is cloned once, for an accepted
+        // command, to apply the events to.
+        let empty = Aggregate::default();
+        let current = self.aggregate(partition, &key).unwrap_or(&empty);
+        let decision = decide(current, command, now_micros());
         let events = match decision {
             Ok(events) => events,
             Err(rejection) => return self.reply(header, Err(rejection)),
         };
         let mut next = current.clone();
+        let current_version = current.version;
         for event in &events {
             if let Err(e) = apply(&mut next, event) {
                 // decide and apply disagree: a bug. Refuse the command rather than append
@@ -484,7 +491,7 @@ impl<R: SchemaRegistry> State<R> {
                         message: format!("internal error, the command was not applied: {e}"),
                         field: None,
                         expected_version: None,
-                        current_version: Some(current.version),
+                        current_version: Some(current_version),
                     }),
                 );
             }
@@ -501,14 +508,14 @@ impl<R: SchemaRegistry> State<R> {
             }
             _ => false,
         };
-        if asked || (!events.is_empty() && next.version / every != current.version / every) {
+        if asked || (!events.is_empty() && next.version / every != current_version / every) {
             self.write_snapshot(kind, partition, &key.1, &next)?;
         }
         let event_ids = events.iter().map(|e| e.header().event_id).collect();
         let new_version = next.version;
         if let Some(tx) = self.tx.as_mut() {
             tx.events += events.len() as u64;
-            tx.pending.insert((partition, key), next);
+            tx.pending.entry(partition).or_default().insert(key, next);
         }
         self.reply(
             command.header(),
@@ -519,18 +526,18 @@ impl<R: SchemaRegistry> State<R> {
         )
     }
 
-    /// The aggregate as the open transaction sees it.
-    fn aggregate(&self, partition: i32, key: &AggregateKey) -> Aggregate {
-        if let Some(tx) = &self.tx {
-            if let Some(aggregate) = tx.pending.get(&(partition, key.clone())) {
-                return aggregate.clone();
-            }
-        }
-        self.partitions
-            .get(&partition)
-            .and_then(|aggregates| aggregates.get(key))
-            .cloned()
-            .unwrap_or_default()
+    /// The aggregate as the open transaction sees it; `None` if it does not exist yet.
+    fn aggregate(&self, partition: i32, key: &AggregateKey) -> Option<&Aggregate> {
+        let pending = self
+            .tx
+            .as_ref()
+            .and_then(|tx| tx.pending.get(&partition))
+            .and_then(|aggregates| aggregates.get(key));
+        pending.or_else(|| {
+            self.partitions
+                .get(&partition)
+                .and_then(|aggregates| aggregates.get(key))
+        })
     }
 
     fn append_event(
@@ -730,7 +737,7 @@ impl<R: SchemaRegistry> State<R> {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // The producer's queue drains in its own thread; wait for room.
                     record = back;
-                    self.producer.flush(Duration::from_millis(100)).ok();
+                    std::thread::sleep(DELIVERY_CHECK);
                 }
                 Err((e, _)) => return Err(e.into()),
             }
@@ -747,9 +754,9 @@ impl<R: SchemaRegistry> State<R> {
         let committed = self.try_commit(&tx, consumer);
         match committed {
             Ok(()) => {
-                for ((partition, key), aggregate) in tx.pending {
+                for (partition, changed) in tx.pending {
                     if let Some(aggregates) = self.partitions.get_mut(&partition) {
-                        aggregates.insert(key, aggregate);
+                        aggregates.extend(changed);
                     }
                 }
                 let summary = &mut self.summary;
@@ -798,8 +805,27 @@ impl<R: SchemaRegistry> State<R> {
             &metadata,
             self.config.kafka_call_timeout,
         )?;
+        self.await_deliveries()?;
         self.producer
             .commit_transaction(self.config.kafka_call_timeout)
+    }
+
+    /// Waits until every record sent so far is acknowledged and its delivery report served.
+    ///
+    /// `commit_transaction` flushes first, and rust-rdkafka's flush polls in slices of
+    /// 100 ms that always run to their end: with a single record still in flight (there is
+    /// nearly always one, `linger.ms` holds it back) each commit cost at least 100 ms. The
+    /// producer's own thread serves the delivery reports, so watching the count is enough, and
+    /// the flush inside the commit then finds nothing to wait for.
+    fn await_deliveries(&self) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + self.config.kafka_call_timeout;
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() >= deadline {
+                return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+            }
+            std::thread::sleep(DELIVERY_CHECK);
+        }
+        Ok(())
     }
 
     fn abort_and_rewind(&mut self, tx: &Transaction, consumer: &BaseConsumer<Context<R>>) {
