@@ -16,7 +16,7 @@ endif
 DIETSTREAM := $(or $(CARGO_TARGET_DIR),target)/debug/dietstream
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help run test up down status clean tools lint interop-env
+.PHONY: help run test bench up down status clean tools lint interop-env
 
 # Python venv with Confluent's own client, the independent side of tests/interop.rs.
 INTEROP_VENV ?= $(HOME)/.cache/dietstream/interop-venv
@@ -39,6 +39,9 @@ test: tools lint up interop-env ## Format check, clippy, docs, then every test a
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \
 	     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$$log"; \
 	rm -f "$$log"; exit $${status:-0}
+
+bench: up ## Benchmark the command processor on the local stack (release); figures in target/bench/commands.json.
+	$(WITH_STACK_ENV) cargo bench --bench commands
 
 up: ## Start Kafka, Cassandra and the schema registry (idempotent; waits until ready).
 	$(STACK) up
