@@ -1,6 +1,13 @@
-//! What every dietstream processor shares. For now the seed's retry policy; the shared consume
-//! loop of the read-model processors joins it later (DESIGN, "Layout").
+//! What every dietstream processor shares: the seed's retry policy, dead letters, the
+//! [`Projection`] contract, the CQL [`Store`] and the consume loop ([`consume::run`]).
 
+pub mod consume;
+pub mod dead_letter;
+pub mod projection;
 pub mod retry;
+pub mod store;
 
+pub use consume::{LoopConfig, LoopSummary, ProcessorTopics, RuntimeError};
+pub use projection::{Effects, Origin, Projection, Row, RuleError, Table};
 pub use retry::RetryPolicy;
+pub use store::{Store, StoreError, Stored};
