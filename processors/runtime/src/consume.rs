@@ -42,6 +42,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::dead_letter::{dead_letter_headers, Rejection};
+use crate::metrics::{ProcessorMetrics, Rebalance as RebalanceKind};
 use crate::projection::{Effects, Origin, Projection, Row};
 use crate::store::{Store, StoreError, Stored};
 use crate::RetryPolicy;
@@ -191,6 +192,9 @@ enum RebalanceEvent {
 }
 
 struct LoopContext {
+    metrics: ProcessorMetrics,
+    /// Partitions assigned now, to keep lag series of revoked ones away.
+    assigned: Mutex<HashSet<PartitionKey>>,
     events: Mutex<Vec<RebalanceEvent>>,
     /// Retrying tasks, aborted when their partition is revoked.
     retrying: Mutex<HashMap<PartitionKey, AbortHandle>>,
@@ -233,6 +237,8 @@ struct Work<S> {
     states: Vec<(String, Stored<S>)>,
     letters: Vec<Letter>,
     commands: Vec<Command>,
+    /// Timestamp (µs) and type of every event applied, for freshness and counts.
+    applied: Vec<(i64, String)>,
     /// Last offset consumed (applied, skipped or dead-lettered); `None` when nothing was.
     last_offset: Option<i64>,
     /// A transient decode failure at this offset: the partition is rewound to it.
@@ -250,6 +256,7 @@ struct Done {
 
 /// Everything the write tasks share.
 struct Shared<P: Projection, R> {
+    metrics: ProcessorMetrics,
     projection: Arc<P>,
     codec: Arc<Codec<R>>,
     store: Store,
@@ -260,6 +267,7 @@ struct Shared<P: Projection, R> {
 
 /// Runs `projection` until `shutdown` resolves or a failure outlasts the retries.
 ///
+/// Progress goes to `metrics` (see [`crate::metrics`] for what each metric means).
 /// `kafka` holds the common client properties; the loop adds its consumer's (its group,
 /// `enable.auto.offset.store=false`, `auto.offset.reset=earliest`,
 /// `isolation.level=read_committed`, the cooperative-sticky assignor unless `kafka` chooses a
@@ -272,6 +280,7 @@ pub async fn run<P: Projection, R: SchemaRegistry + 'static>(
     store: Store,
     codec: Arc<Codec<R>>,
     config: &LoopConfig,
+    metrics: ProcessorMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<LoopSummary, RuntimeError> {
     let mut consumer_config = kafka.clone();
@@ -283,7 +292,13 @@ pub async fn run<P: Projection, R: SchemaRegistry + 'static>(
         // Incremental rebalances: partitions that stay keep their state and their work.
         consumer_config.set("partition.assignment.strategy", "cooperative-sticky");
     }
+    if consumer_config.get("statistics.interval.ms").is_none() {
+        // librdkafka's statistics carry each partition's consumer lag: the lag gauge.
+        consumer_config.set("statistics.interval.ms", "5000");
+    }
     let context = Arc::new(LoopContext {
+        metrics: metrics.clone(),
+        assigned: Mutex::new(HashSet::new()),
         events: Mutex::new(Vec::new()),
         retrying: Mutex::new(HashMap::new()),
     });
@@ -324,6 +339,7 @@ pub async fn run<P: Projection, R: SchemaRegistry + 'static>(
         producer,
         topics: topics.clone(),
         config: config.clone(),
+        metrics,
     });
     let mut state = LoopState::<P, R> {
         shared,
@@ -369,9 +385,14 @@ pub async fn run<P: Projection, R: SchemaRegistry + 'static>(
             state.store_idle_positions(&consumer);
             continue;
         }
+        let (started, records) = (Instant::now(), batch.len());
         if let Err(error) = state.process(&consumer, batch).await {
             break Err(error);
         }
+        state
+            .shared
+            .metrics
+            .observe_batch(started.elapsed(), records);
     };
 
     for (_, handle) in state.retrying.drain() {
@@ -398,7 +419,22 @@ pub async fn run<P: Projection, R: SchemaRegistry + 'static>(
 /// The consumer's context: the loop keeps a second reference to read what it recorded.
 struct ContextRef(Arc<LoopContext>);
 
-impl ClientContext for ContextRef {}
+impl ClientContext for ContextRef {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let assigned = lock(&self.0.assigned);
+        for (topic, partitions) in &statistics.topics {
+            for (partition, stats) in &partitions.partitions {
+                let key = (topic.clone(), *partition);
+                // -1 until the consumer has a position; internal partitions (-1) are skipped.
+                if stats.consumer_lag >= 0 && assigned.contains(&key) {
+                    self.0
+                        .metrics
+                        .set_consumer_lag(topic, *partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for ContextRef {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -431,6 +467,13 @@ impl LoopContext {
                 }
             }
             info!(partitions = revoked.len(), "Partitions revoked.");
+            let mut assigned = lock(&self.assigned);
+            for (topic, partition) in &revoked {
+                assigned.remove(&(topic.clone(), *partition));
+                self.metrics.forget_partition(topic, *partition);
+            }
+            self.metrics.set_assigned_partitions(assigned.len());
+            self.metrics.record_rebalance(RebalanceKind::Revoked);
             lock(&self.events).push(RebalanceEvent::Revoked(revoked));
         }
     }
@@ -439,6 +482,10 @@ impl LoopContext {
         if let Rebalance::Assign(list) = rebalance {
             let assigned = partitions_of(list);
             info!(partitions = assigned.len(), "Partitions assigned.");
+            let mut now = lock(&self.assigned);
+            now.extend(assigned.iter().cloned());
+            self.metrics.set_assigned_partitions(now.len());
+            self.metrics.record_rebalance(RebalanceKind::Assigned);
             lock(&self.events).push(RebalanceEvent::Assigned(assigned));
         }
     }
@@ -624,6 +671,9 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
         let mut works = Vec::new();
         for (key, messages) in by_partition {
             self.summary.records += messages.len() as u64;
+            self.shared
+                .metrics
+                .record_consumed(&key.0, messages.len() as u64);
             if let Some(work) = self.apply(&key, messages).await {
                 works.push(work);
             }
@@ -680,6 +730,7 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
             states: Vec::new(),
             letters: Vec::new(),
             commands: Vec::new(),
+            applied: Vec::new(),
             last_offset: None,
             rewind_to: None,
             decode_retries: slot.decode_retries,
@@ -695,6 +746,7 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
             if !wanted || message.payload().is_none() {
                 // Not needed, or an erasure tombstone (the read models keep no raw events).
                 self.summary.skipped += 1;
+                shared.metrics.record_skipped(&key.0, 1);
                 slot.next_offset = Some(offset + 1);
                 work.last_offset = Some(offset);
                 continue;
@@ -703,6 +755,7 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
             let event = match shared.codec.decode_event(payload).await {
                 Ok(event) => event,
                 Err(error) if error.is_retryable() => {
+                    shared.metrics.record_error("registry");
                     warn!(topic = %key.0, partition = key.1, offset, %error, "Decoding failed with a transient error; the partition is rewound and retried.");
                     work.rewind_to = Some(offset);
                     work.decode_retries = slot.decode_retries + 1;
@@ -712,6 +765,7 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
                 }
                 Err(error) => {
                     let rejection = Rejection::from_codec(&error);
+                    shared.metrics.record_error(rejection.class);
                     work.letters.push(Letter { message, rejection });
                     slot.next_offset = Some(offset + 1);
                     work.last_offset = Some(offset);
@@ -761,6 +815,7 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
                 }
             }
             if let Some(error) = broken {
+                shared.metrics.record_error("rule_violation");
                 work.letters.push(Letter {
                     message,
                     rejection: Rejection {
@@ -770,6 +825,9 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
                 });
             } else if applied {
                 self.summary.applied += 1;
+                let header = event.header();
+                work.applied
+                    .push((header.timestamp, header.event_type.clone()));
             }
             slot.next_offset = Some(offset + 1);
             work.last_offset = Some(offset);
@@ -833,7 +891,14 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
             let writes: Vec<_> = work
                 .rows
                 .iter()
-                .map(|row| shared.store.write(row))
+                .map(|row| async {
+                    let started = Instant::now();
+                    let written = shared.store.write(row).await;
+                    shared
+                        .metrics
+                        .observe_cql_write(row.table(), started.elapsed());
+                    written
+                })
                 .collect();
             let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
                 .buffer_unordered(shared.config.max_in_flight)
@@ -846,7 +911,14 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
             let saves: Vec<_> = work
                 .states
                 .iter()
-                .map(|(entity, stored)| shared.store.save(&work.source, entity, stored))
+                .map(|(entity, stored)| async {
+                    let started = Instant::now();
+                    let saved = shared.store.save(&work.source, entity, stored).await;
+                    shared
+                        .metrics
+                        .observe_cql_write(shared.store.state_table(), started.elapsed());
+                    saved
+                })
                 .collect();
             let results: Vec<Result<(), StoreError>> = futures::stream::iter(saves)
                 .buffer_unordered(shared.config.max_in_flight)
@@ -864,8 +936,11 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
             Err(Failure::Store(error @ StoreError::BadRow { .. })) => {
                 return Err(RuntimeError::Store(error))
             }
-            Err(error) => error.to_string(),
+            Err(error) => error,
         };
+        let code = error.code();
+        shared.metrics.record_error(code);
+        let error = error.to_string();
         if retries >= policy.max_retries {
             return Err(RuntimeError::RetriesExhausted {
                 topic: work.key.0.clone(),
@@ -878,9 +953,26 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
             let _ = noticed.send(());
         }
         retries += 1;
+        shared.metrics.record_retry(code);
         let wait = policy.delay(retries);
         warn!(source = %work.source, retry = retries, ?wait, %error, "Writing failed with a transient error; the partition waits and retries.");
         tokio::time::sleep(wait).await;
+    }
+    let now = now_ms();
+    for (timestamp_micros, event_type) in &work.applied {
+        let age_ms = now
+            .saturating_sub(timestamp_micros.div_euclid(1_000))
+            .max(0);
+        shared
+            .metrics
+            .observe_freshness(Duration::from_millis(age_ms.unsigned_abs()));
+        shared.metrics.record_event_processed(event_type);
+    }
+    for letter in &work.letters {
+        shared.metrics.record_dead_letter(letter.rejection.class);
+    }
+    for command in &work.commands {
+        shared.metrics.record_command_sent(command.record_type());
     }
     if work.rewind_to.is_some() {
         // A transient decode failure: wait as a retry would before the partition is re-read.
@@ -914,6 +1006,17 @@ enum Failure {
     Kafka(KafkaError),
     #[error("encoding a command: {0}")]
     Encode(String),
+}
+
+impl Failure {
+    /// The `error_code` label.
+    fn code(&self) -> &'static str {
+        match self {
+            Failure::Store(_) => "cql",
+            Failure::Kafka(_) => "kafka",
+            Failure::Encode(_) => "encode",
+        }
+    }
 }
 
 async fn send_letter<P: Projection, R>(

@@ -336,6 +336,11 @@ impl Store {
         })
     }
 
+    /// The name of the state table.
+    pub fn state_table(&self) -> &str {
+        &self.state_table
+    }
+
     /// The session, for readers.
     pub fn session(&self) -> &Arc<Session> {
         &self.session

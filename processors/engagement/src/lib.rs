@@ -1,0 +1,1 @@
+//! The engagement read-model processor (issue 5).

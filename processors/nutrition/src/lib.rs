@@ -1,0 +1,1 @@
+//! The nutrition read-model processor (issue 5).
