@@ -7,6 +7,7 @@ pub mod config;
 pub mod consume;
 pub mod dead_letter;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod projection;
 pub mod retry;
