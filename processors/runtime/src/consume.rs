@@ -98,10 +98,12 @@ impl ProcessorTopics {
     }
 }
 
-/// Settings of the loop.
-#[derive(Debug, Clone, PartialEq)]
+/// Settings of the loop (the `[processors]` config section).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LoopConfig {
-    /// Most records taken in one batch.
+    /// Most records taken in one batch. Records that have arrived are taken without waiting
+    /// for more, so batches are small at low load and grow under load.
     pub batch_size: usize,
     /// Most CQL writes in flight per partition task.
     pub max_in_flight: usize,
@@ -109,7 +111,28 @@ pub struct LoopConfig {
     pub retry: RetryPolicy,
     /// How long the loop waits for a record before it stores the positions of idle partitions
     /// (past transaction markers) and looks at retrying partitions.
+    #[serde(with = "humantime_serde")]
     pub idle_interval: Duration,
+}
+
+impl LoopConfig {
+    /// Every invalid setting as (setting, reason), settings named as in the config file.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.batch_size == 0 {
+            problems.push(("batch_size".to_owned(), "must be at least 1".to_owned()));
+        }
+        if self.max_in_flight == 0 {
+            problems.push(("max_in_flight".to_owned(), "must be at least 1".to_owned()));
+        }
+        if self.idle_interval.is_zero() {
+            problems.push(("idle_interval".to_owned(), "must be above zero".to_owned()));
+        }
+        for (setting, reason) in self.retry.problems() {
+            problems.push((format!("retry.{setting}"), reason));
+        }
+        problems
+    }
 }
 
 impl Default for LoopConfig {
@@ -265,7 +288,23 @@ struct Shared<P: Projection, R> {
     config: LoopConfig,
 }
 
-/// Runs `projection` until `shutdown` resolves or a failure outlasts the retries.
+/// What one processor is made of.
+pub struct Parts<P, R> {
+    /// Its pure part.
+    pub projection: Arc<P>,
+    /// Its topics.
+    pub topics: ProcessorTopics,
+    /// Its tables, prepared ([`Store::prepare`]).
+    pub store: Store,
+    /// The codec of its events and commands.
+    pub codec: Arc<Codec<R>>,
+    /// The loop's settings.
+    pub config: LoopConfig,
+    /// Where it reports.
+    pub metrics: ProcessorMetrics,
+}
+
+/// Runs a processor until `shutdown` resolves or a failure outlasts the retries.
 ///
 /// Progress goes to `metrics` (see [`crate::metrics`] for what each metric means).
 /// `kafka` holds the common client properties; the loop adds its consumer's (its group,
@@ -274,15 +313,19 @@ struct Shared<P: Projection, R> {
 /// `group.protocol` or assignor) and its producer's (`acks=all`, idempotence). `store` must be
 /// prepared for the projection's tables.
 pub async fn run<P: Projection, R: SchemaRegistry + 'static>(
-    projection: Arc<P>,
+    parts: Parts<P, R>,
     kafka: &ClientConfig,
-    topics: &ProcessorTopics,
-    store: Store,
-    codec: Arc<Codec<R>>,
-    config: &LoopConfig,
-    metrics: ProcessorMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<LoopSummary, RuntimeError> {
+    let Parts {
+        projection,
+        topics,
+        store,
+        codec,
+        config,
+        metrics,
+    } = parts;
+    let (topics, config) = (&topics, &config);
     let mut consumer_config = kafka.clone();
     if consumer_config.get("group.protocol").is_none()
         && consumer_config

@@ -14,7 +14,7 @@ pub mod retry;
 pub mod store;
 
 pub use config::MetricsConfig;
-pub use consume::{LoopConfig, LoopSummary, ProcessorTopics, RuntimeError};
+pub use consume::{LoopConfig, LoopSummary, Parts, ProcessorTopics, RuntimeError};
 pub use http::{serve, Health, HttpError, Server};
 pub use metrics::{ProcessorMetrics, Rebalance};
 pub use projection::{Effects, Origin, Projection, Row, RuleError, Table};
