@@ -77,6 +77,19 @@ fn meal_logged(user: &str, at: i64) -> Event {
     })
 }
 
+fn meal_updated(user: &str, at: i64) -> Event {
+    Event::MealUpdated(types::MealUpdated {
+        header: header("nutrition.meal.updated", user, AggregateType::User, at),
+        payload: types::MealUpdatedPayload {
+            meal_id: Uuid::from_u128(1),
+            meal_type: MealType::Dinner,
+            eaten_at: at,
+            items: Vec::new(),
+            note: None,
+        },
+    })
+}
+
 fn meal_deleted(user: &str, at: i64) -> Event {
     Event::MealDeleted(types::MealDeleted {
         header: header("nutrition.meal.deleted", user, AggregateType::User, at),
@@ -545,7 +558,7 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
         (
             0usize..6,
-            0u8..10,
+            0u8..11,
             prop_oneof![0i64..20, 20i64..90, 600i64..3000],
             0..PARTITIONS,
         )
@@ -614,7 +627,12 @@ fn log_of(steps: &[Step]) -> Vec<(String, i32, i64, Event)> {
                 step.partition,
                 request_accepted(id, &other, &user, at),
             ),
-            _ => push(SOCIAL_TOPIC, step.partition, meal_logged("", at)),
+            9 => push(SOCIAL_TOPIC, step.partition, meal_logged("", at)),
+            _ => push(
+                USER_TOPIC,
+                home,
+                in_session(meal_updated(&user, at), &session),
+            ),
         }
     }
     log
@@ -700,7 +718,10 @@ fn oracle(log: &[(String, i32, i64, Event)]) -> Tables {
         let h = event.header();
         let (user, at) = (h.aggregate_id.clone(), h.timestamp);
         match event {
-            Event::UserRegistered(_) | Event::MealLogged(_) | Event::MealDeleted(_) => {
+            Event::UserRegistered(_)
+            | Event::MealLogged(_)
+            | Event::MealUpdated(_)
+            | Event::MealDeleted(_) => {
                 if user.is_empty() || at < 0 {
                     continue;
                 }
