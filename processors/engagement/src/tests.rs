@@ -471,6 +471,41 @@ fn social_actions_count_for_the_actor_in_the_social_partition() {
 }
 
 #[test]
+fn the_partition_state_keeps_only_what_can_still_change() {
+    let mut events = vec![(USER_TOPIC, 0, registered("ann", MONDAY))];
+    events.extend((1..200).map(|d| (USER_TOPIC, 0, meal_logged("ann", MONDAY + d * DAY))));
+    events.extend((0..5).map(|d| {
+        (
+            USER_TOPIC,
+            0,
+            registered(&format!("v{d}"), MONDAY + d * DAY),
+        )
+    }));
+    let memory = run(&events);
+    let state = memory
+        .state(USER_TOPIC, 0, ACTIVITY_ENTITY)
+        .expect("the partition's activity");
+    let json = serde_json::to_value(state).expect("serialises");
+    let kept = |field: &str| json["activity"][field].as_object().map_or(0, |o| o.len());
+    assert!(kept("daily") <= 64, "{} days kept", kept("daily"));
+    assert!(kept("weekly") <= 10);
+    assert!(kept("monthly") <= 3);
+    assert_eq!(kept("users"), 1);
+    // Five users registered on the first days, long before the newest day: their events are
+    // late and count for their own rows only.
+    let tables = memory.tables();
+    assert!(row(tables, USERS.name, &[text("v4")]).is_some());
+    assert_eq!(
+        row(
+            tables,
+            ACTIVE_USER_DAYS.name,
+            &[cql_date(20_777), text("v4"), text("user"), CqlValue::Int(0)],
+        ),
+        None
+    );
+}
+
+#[test]
 fn a_broken_rule_is_refused_and_leaves_the_state_unchanged() {
     let projection = EngagementProjection::new();
     let origin = Origin {
