@@ -80,7 +80,7 @@ const ALL_USERS_VALUES: [&str; 16] =
 pub const TABLES: &[Table] = &[
     Table {
         name: USER_DAILY,
-        key: &["user_id", "date"],
+        key: &["user_id", "day"],
         values: &DAILY_VALUES,
     },
     Table {
@@ -95,7 +95,7 @@ pub const TABLES: &[Table] = &[
     },
     Table {
         name: DAILY_ALL_USERS,
-        key: &["date", "source_partition", "user_id"],
+        key: &["day", "source_partition", "user_id"],
         values: &ALL_USERS_VALUES,
     },
 ];
@@ -127,23 +127,23 @@ pub fn migrations() -> Vec<String> {
         format!(
             "CREATE TABLE IF NOT EXISTS {{keyspace}}.{USER_DAILY} (
         user_id text,
-        date date,
+        day date,
         {FIGURE_COLUMNS_CQL},
         goal_energy_kcal double, goal_protein_g double, goal_carbohydrate_g double,
         goal_fat_g double, goal_fibre_g double, goal_water_ml int, goal_met boolean,
-        PRIMARY KEY ((user_id), date)
-    ) WITH CLUSTERING ORDER BY (date ASC)"
+        PRIMARY KEY ((user_id), day)
+    ) WITH CLUSTERING ORDER BY (day ASC)"
         ),
         period_migration(USER_WEEKLY, "week_start"),
         period_migration(USER_MONTHLY, "month_start"),
         format!(
             "CREATE TABLE IF NOT EXISTS {{keyspace}}.{DAILY_ALL_USERS} (
-        date date,
+        day date,
         source_partition int,
         user_id text,
         {FIGURE_COLUMNS_CQL},
         users_with_goal int, users_goal_met int,
-        PRIMARY KEY ((date), source_partition, user_id)
+        PRIMARY KEY ((day), source_partition, user_id)
     ) WITH CLUSTERING ORDER BY (source_partition ASC, user_id ASC)"
         ),
     ]
@@ -151,10 +151,10 @@ pub fn migrations() -> Vec<String> {
 
 /// The example queries of the README, verbatim.
 pub const EXAMPLE_QUERIES: &[&str] = &[
-    "SELECT date, energy_kcal, protein_g, carbohydrate_g, fat_g, fibre_g, sugar_g, sodium_mg, water_ml, meals, goal_energy_kcal, goal_met FROM {keyspace}.nutrition_user_daily WHERE user_id = 'user-1' AND date >= '2026-11-01' AND date <= '2026-11-30'",
+    "SELECT day, energy_kcal, protein_g, carbohydrate_g, fat_g, fibre_g, sugar_g, sodium_mg, water_ml, meals, goal_energy_kcal, goal_met FROM {keyspace}.nutrition_user_daily WHERE user_id = 'user-1' AND day >= '2026-11-01' AND day <= '2026-11-30'",
     "SELECT week_start, days_logged, energy_kcal, protein_g, water_ml, meals, days_goal_met, days_goal_missed FROM {keyspace}.nutrition_user_weekly WHERE user_id = 'user-1' AND week_start >= '2026-11-02' AND week_start <= '2026-11-30'",
     "SELECT month_start, days_logged, energy_kcal, carbohydrate_g, fat_g, sugar_g, sodium_mg, meals, snacks, days_with_goal, days_goal_met FROM {keyspace}.nutrition_user_monthly WHERE user_id = 'user-1' AND month_start = '2026-11-01'",
-    "SELECT COUNT(*) AS users_logged, SUM(energy_kcal) AS energy_kcal, SUM(protein_g) AS protein_g, SUM(water_ml) AS water_ml, SUM(meals) AS meals, SUM(users_with_goal) AS users_with_goal, SUM(users_goal_met) AS users_goal_met FROM {keyspace}.nutrition_daily_all_users WHERE date = '2026-11-27'",
+    "SELECT COUNT(*) AS users_logged, SUM(energy_kcal) AS energy_kcal, SUM(protein_g) AS protein_g, SUM(water_ml) AS water_ml, SUM(meals) AS meals, SUM(users_with_goal) AS users_with_goal, SUM(users_goal_met) AS users_goal_met FROM {keyspace}.nutrition_daily_all_users WHERE day = '2026-11-27'",
 ];
 
 /// The CQL `date` of a day number (days since 1970-01-01; CQL centres its count on 2^31).
