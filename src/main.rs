@@ -182,6 +182,13 @@ enum Processor {
     /// The indexer: the event store's CQL tables (events by aggregate, type and user;
     /// snapshots) from the event and snapshot topics.
     Indexer,
+    /// Nutrition analytics: per user and day, week and month against the goal; per day
+    /// across users.
+    Nutrition,
+    /// User engagement: active users, streaks, sessions, XP and level, cohorts.
+    Engagement,
+    /// Every read-model processor in this process, with one metrics endpoint.
+    All,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,14 +221,20 @@ enum TopologyCommand {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A running processor tells what it does (start, assignments, where its metrics are); the
+    // one-shot commands print their own result and log only trouble. RUST_LOG overrides both.
+    let default_log = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
 
-    let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -347,6 +360,19 @@ fn run_processor(processor: Processor, config: &Config) -> anyhow::Result<ExitCo
                 dietstream::run::termination(),
             ))?;
             eprintln!("indexer stopped: offsets committed");
+        }
+        Processor::Nutrition | Processor::Engagement | Processor::All => {
+            let names: Vec<&str> = match processor {
+                Processor::Nutrition => vec!["nutrition"],
+                Processor::Engagement => vec!["engagement"],
+                _ => dietstream::run::READ_MODELS.to_vec(),
+            };
+            runtime.block_on(dietstream::run::read_models(
+                config,
+                &names,
+                dietstream::run::termination(),
+            ))?;
+            eprintln!("{} stopped: offsets committed", names.join(", "));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -10,6 +10,7 @@ use dietstream_topology::{Topology, TopologyError};
 use scylla::client::session::Session;
 
 use dietstream_engagement::EngagementProjection;
+use dietstream_nutrition::NutritionProjection;
 use dietstream_runtime::consume::{self, Parts, ProcessorTopics};
 use dietstream_runtime::{Health, ProcessorMetrics, Projection, Store};
 use dietstream_schemas::registry::ConfluentRegistry;
@@ -164,10 +165,11 @@ pub async fn indexer(
 }
 
 /// The read-model processors `dietstream run` can start, by name.
-pub const READ_MODELS: [&str; 1] = ["engagement"];
+pub const READ_MODELS: [&str; 2] = ["nutrition", "engagement"];
 
 /// Creates the tables of every read-model processor (and their state tables). Idempotent.
 pub async fn migrate_read_models(session: &Session, keyspace: &str) -> Result<(), RunError> {
+    dietstream_runtime::store::migrate(session, &NutritionProjection::new(), keyspace).await?;
     dietstream_runtime::store::migrate(session, &EngagementProjection::new(), keyspace).await?;
     Ok(())
 }
@@ -208,19 +210,42 @@ pub async fn read_models(
     for name in names {
         let topics = ProcessorTopics::from_desired(&desired, name)
             .map_err(|problem| RunError::ReadModelTopology { problem })?;
-        let metrics = ProcessorMetrics::new(name, &registry)
-            .map_err(|e| RunError::Metrics(e.to_string()))?;
+        let metrics =
+            ProcessorMetrics::new(name, &registry).map_err(|e| RunError::Metrics(e.to_string()))?;
         let part = health.part(name);
         let kafka = config.kafka.client_config();
         let keyspace = config.cql.keyspace.clone();
         let loop_config = config.processors.clone();
         let (session, codec, stopped) = (Arc::clone(&session), Arc::clone(&codec), stopped.clone());
         match *name {
+            "nutrition" => {
+                let projection = Arc::new(NutritionProjection::new());
+                tasks.spawn(read_model(
+                    projection,
+                    kafka,
+                    topics,
+                    session,
+                    keyspace,
+                    codec,
+                    loop_config,
+                    metrics,
+                    part,
+                    until_stopped(stopped),
+                ));
+            }
             "engagement" => {
                 let projection = Arc::new(EngagementProjection::new());
                 tasks.spawn(read_model(
-                    projection, kafka, topics, session, keyspace, codec, loop_config, metrics,
-                    part, until_stopped(stopped),
+                    projection,
+                    kafka,
+                    topics,
+                    session,
+                    keyspace,
+                    codec,
+                    loop_config,
+                    metrics,
+                    part,
+                    until_stopped(stopped),
                 ));
             }
             other => return Err(RunError::UnknownProcessor(other.to_owned())),

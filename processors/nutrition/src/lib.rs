@@ -249,13 +249,18 @@ impl Projection for NutritionProjection {
                 header.aggregate_id
             )));
         }
-        let now = day_of(header.timestamp, "header.timestamp")?;
         // Everything is checked before the state changes: on Err it is untouched.
         let Some(change) = Change::of(event)? else {
             return Ok(Effects::default());
         };
         let window = self.config.window_days;
-        state.advance(now, window);
+        // The stream's clock is the newest day a meal or a drink is logged for, as in the
+        // command processor's window: the game's days, not the time the event was written.
+        match &change {
+            Change::Meal(_, meal) => state.advance(meal.day, window),
+            Change::Water(day, _) => state.advance(*day, window),
+            Change::MealDeleted(_) | Change::Goal(_) => {}
+        }
         let mut touched = BTreeSet::new();
         match change {
             Change::Meal(id, meal) => {

@@ -246,7 +246,7 @@ pub struct PeriodFigures {
 /// One user's state (the entity is the user id).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct UserNutrition {
-    /// Newest UTC day of an event header timestamp: the clock of this user's stream.
+    /// Newest UTC day a meal or water intake was logged for: the clock of this user's stream.
     pub newest_day: Option<i32>,
     /// Meals of the kept days, by meal id.
     pub meals: BTreeMap<Uuid, Meal>,
