@@ -148,6 +148,20 @@ enum QueryCommand {
         #[arg(long)]
         to: chrono::NaiveDate,
     },
+    /// A player's rows in a read-model table (one JSON object per row): nutrition_user_daily,
+    /// nutrition_user_weekly, nutrition_user_monthly, engagement_users,
+    /// engagement_user_sessions or engagement_user_social. The tables are documented in
+    /// processors/<processor>/README.md.
+    Rows {
+        /// The table.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(dietstream::run::PER_USER_TABLES))]
+        table: String,
+        /// The user id.
+        user: String,
+        /// Most rows shown.
+        #[arg(long, default_value_t = 10)]
+        limit: i32,
+    },
     /// The events of one aggregate, one line each, in version order.
     Events {
         /// USER, SOCIAL or AI.
@@ -555,9 +569,28 @@ fn query(command: QueryCommand, config: &Config) -> anyhow::Result<ExitCode> {
             &Catalog::embedded()?,
         )?);
         let store = std::sync::Arc::new(
-            dietstream::store::EventStore::new(session, &config.cql.keyspace, codec).await?,
+            dietstream::store::EventStore::new(
+                std::sync::Arc::clone(&session),
+                &config.cql.keyspace,
+                codec,
+            )
+            .await?,
         );
         match command {
+            QueryCommand::Rows { table, user, limit } => {
+                let rows = dietstream::run::user_rows(
+                    &session,
+                    &config.cql.keyspace,
+                    &table,
+                    &user,
+                    limit,
+                )
+                .await?;
+                for row in &rows {
+                    println!("{row}");
+                }
+                println!("{} row(s) of {table} for {user}", rows.len());
+            }
             QueryCommand::Progress { user } => {
                 let queries = dietstream::query::QueryBus::new(store);
                 let Some(p) = queries.user_progress(&user).await? else {

@@ -59,6 +59,12 @@ pub enum RunError {
     /// No read-model processor has this name.
     #[error("no read-model processor is called {0:?}")]
     UnknownProcessor(String),
+    /// `query rows` was asked for a table that is not a per-user read-model table.
+    #[error("{0} is not one of the per-user read-model tables")]
+    UnknownTable(String),
+    /// A read-model query failed.
+    #[error("query failed: {0}")]
+    Query(String),
     /// The metrics could not be registered (a processor named twice).
     #[error("metrics: {0}")]
     Metrics(String),
@@ -319,4 +325,43 @@ async fn read_model<P: Projection>(
             Err(error.into())
         }
     }
+}
+
+/// The read-model tables keyed by `user_id` first, which `dietstream query rows` shows.
+pub const PER_USER_TABLES: [&str; 6] = [
+    "nutrition_user_daily",
+    "nutrition_user_weekly",
+    "nutrition_user_monthly",
+    "engagement_users",
+    "engagement_user_sessions",
+    "engagement_user_social",
+];
+
+/// A user's rows of one of [`PER_USER_TABLES`], each as a JSON object (CQL `SELECT JSON`).
+pub async fn user_rows(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    user: &str,
+    limit: i32,
+) -> Result<Vec<String>, RunError> {
+    if !PER_USER_TABLES.contains(&table) {
+        return Err(RunError::UnknownTable(table.to_owned()));
+    }
+    let failed = |e: &dyn std::fmt::Display| RunError::Query(format!("{table}: {e}"));
+    let rows = session
+        .query_unpaged(
+            format!("SELECT JSON * FROM {keyspace}.{table} WHERE user_id = ? LIMIT ?"),
+            (user, limit),
+        )
+        .await
+        .map_err(|e| failed(&e))?
+        .into_rows_result()
+        .map_err(|e| failed(&e))?;
+    let rows = rows
+        .rows::<(String,)>()
+        .map_err(|e| failed(&e))?
+        .map(|row| row.map(|(json,)| json).map_err(|e| failed(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
 }
