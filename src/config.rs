@@ -40,6 +40,10 @@ pub struct Config {
     pub commands: dietstream_commands::CommandsConfig,
     /// The indexer of the event store's CQL tables: batches, write concurrency, retries.
     pub indexer: dietstream_indexer::IndexerConfig,
+    /// The read-model processors' consume loop: batches, write concurrency, retries.
+    pub processors: dietstream_runtime::LoopConfig,
+    /// Where processors serve `/metrics` and `/health/*`.
+    pub metrics: dietstream_runtime::MetricsConfig,
 }
 
 /// Connection to Kafka.
@@ -496,6 +500,9 @@ impl Config {
             .get("max.poll.interval.ms")
             .and_then(|ms| ms.parse().ok())
             .map_or(Duration::from_secs(300), Duration::from_millis);
+        for (setting, reason) in self.processors.problems() {
+            bad(&format!("processors.{setting}"), reason);
+        }
         for problem in self.indexer.problems(max_poll_interval) {
             // Each problem reads "indexer.<setting>: <reason>".
             match problem.split_once(": ") {

@@ -148,6 +148,20 @@ enum QueryCommand {
         #[arg(long)]
         to: chrono::NaiveDate,
     },
+    /// A player's rows in a read-model table (one JSON object per row): nutrition_user_daily,
+    /// nutrition_user_weekly, nutrition_user_monthly, engagement_users,
+    /// engagement_user_sessions or engagement_user_social. The tables are documented in
+    /// processors/<processor>/README.md.
+    Rows {
+        /// The table.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(dietstream::run::PER_USER_TABLES))]
+        table: String,
+        /// The user id.
+        user: String,
+        /// Most rows shown.
+        #[arg(long, default_value_t = 10)]
+        limit: i32,
+    },
     /// The events of one aggregate, one line each, in version order.
     Events {
         /// USER, SOCIAL or AI.
@@ -182,6 +196,13 @@ enum Processor {
     /// The indexer: the event store's CQL tables (events by aggregate, type and user;
     /// snapshots) from the event and snapshot topics.
     Indexer,
+    /// Nutrition analytics: per user and day, week and month against the goal; per day
+    /// across users.
+    Nutrition,
+    /// User engagement: active users, streaks, sessions, XP and level, cohorts.
+    Engagement,
+    /// Every read-model processor in this process, with one metrics endpoint.
+    All,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,14 +235,20 @@ enum TopologyCommand {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A running processor tells what it does (start, assignments, where its metrics are); the
+    // one-shot commands print their own result and log only trouble. RUST_LOG overrides both.
+    let default_log = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
 
-    let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -347,6 +374,19 @@ fn run_processor(processor: Processor, config: &Config) -> anyhow::Result<ExitCo
                 dietstream::run::termination(),
             ))?;
             eprintln!("indexer stopped: offsets committed");
+        }
+        Processor::Nutrition | Processor::Engagement | Processor::All => {
+            let names: Vec<&str> = match processor {
+                Processor::Nutrition => vec!["nutrition"],
+                Processor::Engagement => vec!["engagement"],
+                _ => dietstream::run::READ_MODELS.to_vec(),
+            };
+            runtime.block_on(dietstream::run::read_models(
+                config,
+                &names,
+                dietstream::run::termination(),
+            ))?;
+            eprintln!("{} stopped: offsets committed", names.join(", "));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -529,9 +569,28 @@ fn query(command: QueryCommand, config: &Config) -> anyhow::Result<ExitCode> {
             &Catalog::embedded()?,
         )?);
         let store = std::sync::Arc::new(
-            dietstream::store::EventStore::new(session, &config.cql.keyspace, codec).await?,
+            dietstream::store::EventStore::new(
+                std::sync::Arc::clone(&session),
+                &config.cql.keyspace,
+                codec,
+            )
+            .await?,
         );
         match command {
+            QueryCommand::Rows { table, user, limit } => {
+                let rows = dietstream::run::user_rows(
+                    &session,
+                    &config.cql.keyspace,
+                    &table,
+                    &user,
+                    limit,
+                )
+                .await?;
+                for row in &rows {
+                    println!("{row}");
+                }
+                println!("{} row(s) of {table} for {user}", rows.len());
+            }
             QueryCommand::Progress { user } => {
                 let queries = dietstream::query::QueryBus::new(store);
                 let Some(p) = queries.user_progress(&user).await? else {

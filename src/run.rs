@@ -9,6 +9,12 @@ use dietstream_schemas::registry::RegistryError;
 use dietstream_topology::{Topology, TopologyError};
 use scylla::client::session::Session;
 
+use dietstream_engagement::EngagementProjection;
+use dietstream_nutrition::NutritionProjection;
+use dietstream_runtime::consume::{self, Parts, ProcessorTopics};
+use dietstream_runtime::{Health, ProcessorMetrics, Projection, Store};
+use dietstream_schemas::registry::ConfluentRegistry;
+
 use crate::config::Config;
 use crate::connect::ConnectError;
 
@@ -44,6 +50,33 @@ pub enum RunError {
     /// The indexer could not start or stopped with an error.
     #[error(transparent)]
     Indexer(#[from] dietstream_indexer::IndexerError),
+    /// The topology lacks what a read-model processor needs. Permanent.
+    #[error("the topology does not fit: {problem}")]
+    ReadModelTopology {
+        /// What is missing.
+        problem: String,
+    },
+    /// No read-model processor has this name.
+    #[error("no read-model processor is called {0:?}")]
+    UnknownProcessor(String),
+    /// `query rows` was asked for a table that is not a per-user read-model table.
+    #[error("{0} is not one of the per-user read-model tables")]
+    UnknownTable(String),
+    /// A read-model query failed.
+    #[error("query failed: {0}")]
+    Query(String),
+    /// The metrics could not be registered (a processor named twice).
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// The metrics endpoint could not start or failed.
+    #[error(transparent)]
+    Http(#[from] dietstream_runtime::HttpError),
+    /// A read-model processor's tables could not be created or prepared.
+    #[error(transparent)]
+    Store(#[from] dietstream_runtime::StoreError),
+    /// A read-model processor stopped with an error.
+    #[error(transparent)]
+    ReadModel(#[from] dietstream_runtime::RuntimeError),
 }
 
 /// Resolves once SIGTERM or Ctrl-C arrives.
@@ -106,6 +139,7 @@ pub async fn migrate(config: &Config) -> Result<Session, RunError> {
             source: Box::new(source),
         })?;
     dietstream_indexer::migrate(&session, keyspace).await?;
+    migrate_read_models(&session, keyspace).await?;
     Ok(session)
 }
 
@@ -134,4 +168,200 @@ pub async fn indexer(
     )
     .await?;
     Ok(())
+}
+
+/// The read-model processors `dietstream run` can start, by name.
+pub const READ_MODELS: [&str; 2] = ["nutrition", "engagement"];
+
+/// Creates the tables of every read-model processor (and their state tables). Idempotent.
+pub async fn migrate_read_models(session: &Session, keyspace: &str) -> Result<(), RunError> {
+    dietstream_runtime::store::migrate(session, &NutritionProjection::new(), keyspace).await?;
+    dietstream_runtime::store::migrate(session, &EngagementProjection::new(), keyspace).await?;
+    Ok(())
+}
+
+/// Runs the read-model processors named in `names` (each its own consumer group and tables) in
+/// this process, with one `/metrics` and health endpoint for all, until `shutdown` resolves or
+/// one of them fails, which stops the others.
+pub async fn read_models(
+    config: &Config,
+    names: &[&str],
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    let desired =
+        Topology::embedded()?.resolve(config.topology.profile, &config.topology.prefix)?;
+    let codec = Arc::new(Codec::new(
+        config.schema_registry.registry()?,
+        &Catalog::embedded()?,
+    )?);
+    let session = Arc::new(migrate(config).await?);
+    let registry = prometheus::Registry::new();
+    let health = Health::new("dietstream");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let server = dietstream_runtime::serve(
+        config.metrics.listen,
+        registry.clone(),
+        health.clone(),
+        until_stopped(stopped.clone()),
+    )
+    .await?;
+    tracing::info!(
+        "Metrics at http://{0}/metrics, health at http://{0}/health/ready.",
+        server.local_addr()
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in names {
+        let topics = ProcessorTopics::from_desired(&desired, name)
+            .map_err(|problem| RunError::ReadModelTopology { problem })?;
+        let metrics =
+            ProcessorMetrics::new(name, &registry).map_err(|e| RunError::Metrics(e.to_string()))?;
+        let part = health.part(name);
+        let kafka = config.kafka.client_config();
+        let keyspace = config.cql.keyspace.clone();
+        let loop_config = config.processors.clone();
+        let (session, codec, stopped) = (Arc::clone(&session), Arc::clone(&codec), stopped.clone());
+        match *name {
+            "nutrition" => {
+                let projection = Arc::new(NutritionProjection::new());
+                tasks.spawn(read_model(
+                    projection,
+                    kafka,
+                    topics,
+                    session,
+                    keyspace,
+                    codec,
+                    loop_config,
+                    metrics,
+                    part,
+                    until_stopped(stopped),
+                ));
+            }
+            "engagement" => {
+                let projection = Arc::new(EngagementProjection::new());
+                tasks.spawn(read_model(
+                    projection,
+                    kafka,
+                    topics,
+                    session,
+                    keyspace,
+                    codec,
+                    loop_config,
+                    metrics,
+                    part,
+                    until_stopped(stopped),
+                ));
+            }
+            other => return Err(RunError::UnknownProcessor(other.to_owned())),
+        }
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut outcome = Ok(());
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                let _ = stop.send(true);
+                break;
+            }
+            finished = tasks.join_next() => match finished {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(error))) => {
+                    outcome = Err(error);
+                    let _ = stop.send(true);
+                    break;
+                }
+                Some(Err(error)) => std::panic::resume_unwind(error.into_panic()),
+            }
+        }
+    }
+    while let Some(finished) = tasks.join_next().await {
+        match finished {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) if outcome.is_ok() => outcome = Err(error),
+            Ok(Err(error)) => tracing::warn!(%error, "Another processor failed while stopping."),
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+    let _ = stop.send(true);
+    server.wait().await?;
+    outcome
+}
+
+/// One read-model processor: prepares its statements and runs the loop.
+#[allow(clippy::too_many_arguments)]
+async fn read_model<P: Projection>(
+    projection: Arc<P>,
+    kafka: rdkafka::ClientConfig,
+    topics: ProcessorTopics,
+    session: Arc<Session>,
+    keyspace: String,
+    codec: Arc<Codec<ConfluentRegistry>>,
+    config: dietstream_runtime::LoopConfig,
+    metrics: ProcessorMetrics,
+    health: Health,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    let name = projection.name();
+    let store = Store::prepare(session, projection.as_ref(), &keyspace).await?;
+    health.set_ready();
+    let parts = Parts {
+        projection,
+        topics,
+        store,
+        codec,
+        config,
+        metrics,
+    };
+    match consume::run(parts, &kafka, shutdown).await {
+        Ok(summary) => {
+            tracing::info!(processor = name, ?summary, "Processor stopped.");
+            Ok(())
+        }
+        Err(error) => {
+            health.set_failed(error.to_string());
+            Err(error.into())
+        }
+    }
+}
+
+/// The read-model tables keyed by `user_id` first, which `dietstream query rows` shows.
+pub const PER_USER_TABLES: [&str; 6] = [
+    "nutrition_user_daily",
+    "nutrition_user_weekly",
+    "nutrition_user_monthly",
+    "engagement_users",
+    "engagement_user_sessions",
+    "engagement_user_social",
+];
+
+/// A user's rows of one of [`PER_USER_TABLES`], each as a JSON object (CQL `SELECT JSON`).
+pub async fn user_rows(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    user: &str,
+    limit: i32,
+) -> Result<Vec<String>, RunError> {
+    if !PER_USER_TABLES.contains(&table) {
+        return Err(RunError::UnknownTable(table.to_owned()));
+    }
+    let failed = |e: &dyn std::fmt::Display| RunError::Query(format!("{table}: {e}"));
+    let rows = session
+        .query_unpaged(
+            format!("SELECT JSON * FROM {keyspace}.{table} WHERE user_id = ? LIMIT ?"),
+            (user, limit),
+        )
+        .await
+        .map_err(|e| failed(&e))?
+        .into_rows_result()
+        .map_err(|e| failed(&e))?;
+    let rows = rows
+        .rows::<(String,)>()
+        .map_err(|e| failed(&e))?
+        .map(|row| row.map(|(json,)| json).map_err(|e| failed(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
 }

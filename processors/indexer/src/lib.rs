@@ -17,13 +17,12 @@
 //!
 //! **Errors** (DESIGN decision 6): a record that cannot be read (bad magic byte, unknown schema
 //! id, not an event, a key that does not match its header) is copied to the dead-letter topic
-//! with the headers of [`dead_letter`] and the indexer moves on. Transient errors (CQL, the
+//! with the headers of [`dead_letter`] (shared with the other processors) and the indexer moves on. Transient errors (CQL, the
 //! registry, the broker) are retried in place under [`RetryPolicy`]; the batch waits, nothing
 //! is skipped, and when the retries run out [`run`] returns [`IndexerError::RetriesExhausted`]
 //! without storing the record's offset, so a restart resumes at that record.
 
 mod config;
-pub mod dead_letter;
 mod processor;
 pub mod tables;
 
@@ -31,6 +30,7 @@ pub mod tables;
 mod tests;
 
 pub use config::{IndexerConfig, RetryPolicy};
+pub use dietstream_runtime::dead_letter;
 pub use processor::{run, Source, SourceKind, Topics, PROCESSOR};
 pub use tables::migrate;
 

@@ -29,9 +29,9 @@ use scylla::value::CqlTimestamp;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::dead_letter::{dead_letter_headers, Rejection};
 use crate::tables::{aggregate_type_name, cql_date, cql_timestamp, Statements};
 use crate::{IndexerConfig, IndexerError};
+use dietstream_runtime::dead_letter::{dead_letter_headers, Rejection};
 use dietstream_schemas::headers::DeadLetter;
 
 /// The processor name in dead-letter headers and logs (topology: `processor = "indexer"`).

@@ -7,10 +7,10 @@ use dietstream_schemas::codec::CodecError;
 
 use dietstream_schemas::headers::DeadLetter;
 
-use crate::dead_letter::{dead_letter_headers, Rejection};
 use crate::processor::split_event_key;
 use crate::tables::{cql_date, cql_timestamp, day_of_micros, migrations};
 use crate::IndexerConfig;
+use dietstream_runtime::dead_letter::{dead_letter_headers, Rejection};
 
 const DAY: i64 = 86_400_000_000;
 

@@ -1,6 +1,22 @@
-//! What every dietstream processor shares. For now the seed's retry policy; the shared consume
-//! loop of the read-model processors joins it later (DESIGN, "Layout").
+//! What every dietstream processor shares: the seed's retry policy, dead letters, the
+//! [`Projection`] contract, the CQL [`Store`], the consume loop ([`consume::run`]), the
+//! Prometheus metrics a processor reports ([`ProcessorMetrics`]) and the endpoint that serves
+//! them with the health checks ([`serve`], [`Health`], configured by [`MetricsConfig`]).
 
+pub mod config;
+pub mod consume;
+pub mod dead_letter;
+pub mod http;
+pub mod memory;
+pub mod metrics;
+pub mod projection;
 pub mod retry;
+pub mod store;
 
+pub use config::MetricsConfig;
+pub use consume::{LoopConfig, LoopSummary, Parts, ProcessorTopics, RuntimeError};
+pub use http::{serve, Health, HttpError, Server};
+pub use metrics::{ProcessorMetrics, Rebalance};
+pub use projection::{Effects, Origin, Projection, Row, RuleError, Table};
 pub use retry::RetryPolicy;
+pub use store::{Store, StoreError, Stored};

@@ -1,5 +1,5 @@
 //! Dead letters (DESIGN decision 6, schemas/README.md "Kafka headers: retries and dead
-//! letters"): a record the indexer cannot read is copied byte for byte to its dead-letter
+//! letters"): a record a processor cannot read or apply is copied byte for byte to its dead-letter
 //! topic, with the headers of [`dietstream_schemas::headers::DeadLetter`] added to its own.
 
 use dietstream_schemas::codec::CodecError;

@@ -1,0 +1,997 @@
+//! Given/when/then tests of each figure, bad input, and property tests of the exactly-once
+//! contract and of the figures against an oracle computed from the events alone.
+
+use std::collections::{BTreeMap, HashMap};
+
+use dietstream_runtime::memory::{MemoryRun, Tables, Values};
+use dietstream_runtime::{Origin, Projection, Row};
+use dietstream_schemas::types::{
+    AggregateType, EventHeader, MealDeleted, MealDeletedPayload, MealDeletionReason, MealItem,
+    MealLogged, MealLoggedPayload, MealSource, MealType, MealUpdated, MealUpdatedPayload,
+    NutritionGoalUpdated, NutritionGoalUpdatedPayload, WaterIntakeLogged, WaterIntakeLoggedPayload,
+};
+use dietstream_schemas::Event;
+use proptest::prelude::*;
+use scylla::value::CqlValue;
+use uuid::Uuid;
+
+use crate::state::{utc_day, MICROS_PER_DAY};
+use crate::tables::{cql_date, DAILY_ALL_USERS, USER_DAILY, USER_MONTHLY, USER_WEEKLY};
+use crate::{NutritionConfig, NutritionProjection, EXAMPLE_QUERIES};
+
+const TOPIC: &str = "diet.events.user";
+
+/// 2026-11-20, a Friday: the generated days cross a week and a month boundary.
+const BASE_DAY: i32 = 20_777;
+
+fn header(user: &str, event_type: &str, version: i64, day: i32) -> EventHeader {
+    EventHeader {
+        event_id: Uuid::from_u128(((version as u128) << 64) | user.len() as u128 | 1 << 40),
+        event_type: event_type.to_owned(),
+        aggregate_id: user.to_owned(),
+        aggregate_type: AggregateType::User,
+        version,
+        timestamp: i64::from(day) * MICROS_PER_DAY + 20 * 3_600_000_000,
+        user_id: Some(user.to_owned()),
+        session_id: None,
+        correlation_id: None,
+        causation_id: None,
+        metadata: HashMap::new(),
+    }
+}
+
+/// Nutrients of a generated item: energy, protein, carbohydrate, fat, then fibre, sugar and
+/// sodium when known.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Food {
+    energy: f64,
+    protein: f64,
+    carbohydrate: f64,
+    fat: f64,
+    fibre: Option<f64>,
+    sugar: Option<f64>,
+    sodium: Option<f64>,
+}
+
+fn food(energy: f64, protein: f64, carbohydrate: f64, fat: f64) -> Food {
+    Food {
+        energy,
+        protein,
+        carbohydrate,
+        fat,
+        fibre: None,
+        sugar: None,
+        sodium: None,
+    }
+}
+
+fn item(f: &Food) -> MealItem {
+    MealItem {
+        food_id: "food:1".to_owned(),
+        food_name: "porridge".to_owned(),
+        grams: 100.0,
+        energy_kcal: f.energy,
+        protein_g: f.protein,
+        carbohydrate_g: f.carbohydrate,
+        fat_g: f.fat,
+        fibre_g: f.fibre,
+        sugar_g: f.sugar,
+        sodium_mg: f.sodium,
+    }
+}
+
+fn meal_id(user: &str, slot: u8) -> Uuid {
+    Uuid::from_u128((user.bytes().map(u128::from).sum::<u128>() << 8) | u128::from(slot))
+}
+
+fn at(day: i32, hour: i64) -> i64 {
+    i64::from(day) * MICROS_PER_DAY + hour * 3_600_000_000
+}
+
+fn logged(user: &str, v: i64, slot: u8, day: i32, t: MealType, foods: &[Food]) -> Event {
+    Event::MealLogged(MealLogged {
+        header: header(user, "nutrition.meal.logged", v, day),
+        payload: MealLoggedPayload {
+            meal_id: meal_id(user, slot),
+            meal_type: t,
+            eaten_at: at(day, 12),
+            items: foods.iter().map(item).collect(),
+            note: None,
+            source: MealSource::Manual,
+        },
+    })
+}
+
+/// A one-food lunch of `energy` kcal (1 g of each macro).
+fn lunch(user: &str, v: i64, slot: u8, day: i32, energy: f64) -> Event {
+    logged(
+        user,
+        v,
+        slot,
+        day,
+        MealType::Lunch,
+        &[food(energy, 1.0, 1.0, 1.0)],
+    )
+}
+
+fn updated(user: &str, v: i64, slot: u8, day: i32, t: MealType, foods: &[Food]) -> Event {
+    Event::MealUpdated(MealUpdated {
+        header: header(user, "nutrition.meal.updated", v, day),
+        payload: MealUpdatedPayload {
+            meal_id: meal_id(user, slot),
+            meal_type: t,
+            eaten_at: at(day, 12),
+            items: foods.iter().map(item).collect(),
+            note: None,
+        },
+    })
+}
+
+fn deleted(user: &str, v: i64, slot: u8, now: i32) -> Event {
+    Event::MealDeleted(MealDeleted {
+        header: header(user, "nutrition.meal.deleted", v, now),
+        payload: MealDeletedPayload {
+            meal_id: meal_id(user, slot),
+            reason: MealDeletionReason::UserRequest,
+        },
+    })
+}
+
+fn water(user: &str, v: i64, day: i32, millilitres: i32) -> Event {
+    Event::WaterIntakeLogged(WaterIntakeLogged {
+        header: header(user, "nutrition.water.logged", v, day),
+        payload: WaterIntakeLoggedPayload {
+            intake_id: Uuid::from_u128(v as u128),
+            millilitres,
+            drunk_at: at(day, 9),
+        },
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Targets {
+    energy: Option<f64>,
+    protein: Option<f64>,
+    carbohydrate: Option<f64>,
+    fat: Option<f64>,
+    fibre: Option<f64>,
+    water: Option<i32>,
+}
+
+fn goal(user: &str, v: i64, now: i32, effective_from: i32, t: Targets) -> Event {
+    Event::NutritionGoalUpdated(NutritionGoalUpdated {
+        header: header(user, "nutrition.goal.updated", v, now),
+        payload: NutritionGoalUpdatedPayload {
+            energy_kcal: t.energy,
+            protein_g: t.protein,
+            carbohydrate_g: t.carbohydrate,
+            fat_g: t.fat,
+            fibre_g: t.fibre,
+            water_ml: t.water,
+            effective_from,
+        },
+    })
+}
+
+/// Delivers the events of one user in partition 0 at offsets 0, 1, … and commits.
+fn run(events: &[Event]) -> MemoryRun<crate::state::UserNutrition> {
+    let projection = NutritionProjection::new();
+    let mut run = MemoryRun::new();
+    for (offset, event) in events.iter().enumerate() {
+        run.deliver(&projection, TOPIC, 0, offset as i64, event);
+    }
+    run.commit();
+    assert!(run.rejected().is_empty(), "{:?}", run.rejected());
+    assert!(run.commands().is_empty());
+    run
+}
+
+fn key(values: Vec<CqlValue>) -> String {
+    format!("{values:?}")
+}
+
+fn text(s: &str) -> CqlValue {
+    CqlValue::Text(s.to_owned())
+}
+
+fn row<'t>(tables: &'t Tables, table: &str, k: Vec<CqlValue>) -> Option<&'t Values> {
+    tables.get(table).and_then(|rows| rows.get(&key(k)))
+}
+
+fn daily<'t>(tables: &'t Tables, user: &str, day: i32) -> Option<&'t Values> {
+    row(tables, USER_DAILY, vec![text(user), cql_date(day)])
+}
+
+fn d(v: f64) -> Option<CqlValue> {
+    Some(CqlValue::Double(v))
+}
+
+fn i(v: i32) -> Option<CqlValue> {
+    Some(CqlValue::Int(v))
+}
+
+fn b(v: i64) -> Option<CqlValue> {
+    Some(CqlValue::BigInt(v))
+}
+
+#[test]
+fn example_queries_are_the_readme_ones() {
+    let readme = include_str!("../README.md");
+    assert_eq!(EXAMPLE_QUERIES.len(), 4);
+    for query in EXAMPLE_QUERIES {
+        assert!(readme.contains(query), "not in README.md: {query}");
+        assert!(query.contains("{keyspace}."));
+        assert!(!query.contains("ALLOW FILTERING"));
+    }
+}
+
+#[test]
+fn every_table_has_a_migration_with_its_columns() {
+    let projection = NutritionProjection::new();
+    let migrations = projection.migrations();
+    assert_eq!(migrations.len(), projection.tables().len());
+    for (table, cql) in projection.tables().iter().zip(&migrations) {
+        assert!(cql.starts_with(&format!(
+            "CREATE TABLE IF NOT EXISTS {{keyspace}}.{} (",
+            table.name
+        )));
+        for column in table.key.iter().chain(table.values) {
+            assert!(cql.contains(&format!("{column} ")), "{column} in {cql}");
+        }
+        assert!(table.name.starts_with("nutrition_"));
+    }
+}
+
+#[test]
+fn the_rows_have_as_many_values_as_their_table_columns() {
+    let user = "u1";
+    let events = [
+        goal(user, 1, BASE_DAY, BASE_DAY, Targets::default()),
+        lunch(user, 2, 1, BASE_DAY, 1.0),
+    ];
+    let projection = NutritionProjection::new();
+    let mut state = Default::default();
+    for (offset, event) in events.iter().enumerate() {
+        let origin = Origin {
+            topic: TOPIC,
+            partition: 0,
+            offset: offset as i64,
+        };
+        let effects = projection
+            .apply(user, &mut state, event, &origin)
+            .expect("applies");
+        for r in effects.rows {
+            let table = projection
+                .tables()
+                .iter()
+                .find(|t| t.name == r.table())
+                .expect("a table of the projection");
+            assert_eq!(r.key().len(), table.key.len());
+            if let Row::Upsert { values, .. } = &r {
+                assert_eq!(values.len(), table.values.len(), "{}", table.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_logged_meal_counts_on_its_utc_day_in_every_table() {
+    let user = "u1";
+    let mut f = food(500.0, 20.0, 60.0, 15.0);
+    f.fibre = Some(4.0);
+    f.sodium = Some(300.0);
+    let run = run(&[
+        logged(
+            user,
+            1,
+            1,
+            BASE_DAY,
+            MealType::Breakfast,
+            &[f, food(100.0, 1.0, 2.0, 3.0)],
+        ),
+        water(user, 2, BASE_DAY, 250),
+    ]);
+    let figures = vec![
+        d(600.0),
+        d(21.0),
+        d(62.0),
+        d(18.0),
+        d(4.0),
+        None,
+        d(300.0),
+        b(250),
+        i(1),
+        i(1),
+        i(0),
+        i(0),
+        i(0),
+        i(0),
+    ];
+    let mut expected_daily = figures.clone();
+    expected_daily.extend([None, None, None, None, None, None, None]);
+    assert_eq!(daily(run.tables(), user, BASE_DAY), Some(&expected_daily));
+
+    let mut expected_all = figures.clone();
+    expected_all.extend([i(0), i(0)]);
+    let all_key = vec![cql_date(BASE_DAY), CqlValue::Int(0), text(user)];
+    assert_eq!(
+        row(run.tables(), DAILY_ALL_USERS, all_key),
+        Some(&expected_all)
+    );
+
+    let mut expected_period = vec![i(1)];
+    expected_period.extend(figures);
+    expected_period.extend([i(0), i(0), i(0)]);
+    // 2026-11-20 is a Friday: its week starts on Monday 2026-11-16.
+    let week = row(
+        run.tables(),
+        USER_WEEKLY,
+        vec![text(user), cql_date(BASE_DAY - 4)],
+    );
+    assert_eq!(week, Some(&expected_period));
+    let month = row(
+        run.tables(),
+        USER_MONTHLY,
+        vec![text(user), cql_date(BASE_DAY - 19)],
+    );
+    assert_eq!(month, Some(&expected_period));
+}
+
+#[test]
+fn meals_by_type_and_rollups_sum_the_days() {
+    let user = "u1";
+    let f = food(100.0, 10.0, 10.0, 10.0);
+    let run = run(&[
+        logged(user, 1, 1, BASE_DAY, MealType::Breakfast, &[f]),
+        logged(user, 2, 2, BASE_DAY, MealType::Snack, &[f]),
+        logged(user, 3, 3, BASE_DAY + 1, MealType::Dinner, &[f]),
+        // Monday 2026-11-23: next week, same month.
+        logged(user, 4, 4, BASE_DAY + 3, MealType::Lunch, &[f]),
+        // 2026-12-01: next month.
+        logged(user, 5, 5, BASE_DAY + 11, MealType::Lunch, &[f]),
+    ]);
+    let day = daily(run.tables(), user, BASE_DAY).expect("row");
+    assert_eq!(day[8..14], [i(2), i(1), i(0), i(0), i(1), i(0)]);
+    let week = row(
+        run.tables(),
+        USER_WEEKLY,
+        vec![text(user), cql_date(BASE_DAY - 4)],
+    )
+    .expect("week row");
+    assert_eq!(week[0..2], [i(2), d(300.0)]);
+    assert_eq!(week[9..15], [i(3), i(1), i(0), i(1), i(1), i(0)]);
+    let november = row(
+        run.tables(),
+        USER_MONTHLY,
+        vec![text(user), cql_date(BASE_DAY - 19)],
+    )
+    .expect("month row");
+    assert_eq!(november[0..2], [i(3), d(400.0)]);
+    let december = row(
+        run.tables(),
+        USER_MONTHLY,
+        vec![text(user), cql_date(BASE_DAY + 11)],
+    )
+    .expect("month row");
+    assert_eq!(december[0..2], [i(1), d(100.0)]);
+}
+
+#[test]
+fn an_updated_meal_moves_its_figures_to_its_new_day() {
+    let user = "u1";
+    let run = run(&[
+        lunch(user, 1, 1, BASE_DAY, 500.0),
+        lunch(user, 2, 2, BASE_DAY + 1, 100.0),
+        updated(
+            user,
+            3,
+            1,
+            BASE_DAY + 1,
+            MealType::Dinner,
+            &[food(300.0, 1.0, 1.0, 1.0)],
+        ),
+    ]);
+    assert_eq!(daily(run.tables(), user, BASE_DAY), None);
+    let all_key = vec![cql_date(BASE_DAY), CqlValue::Int(0), text(user)];
+    assert_eq!(row(run.tables(), DAILY_ALL_USERS, all_key), None);
+    let next = daily(run.tables(), user, BASE_DAY + 1).expect("row");
+    assert_eq!(next[0], d(400.0));
+    assert_eq!(next[8..14], [i(2), i(0), i(1), i(1), i(0), i(0)]);
+    let week = row(
+        run.tables(),
+        USER_WEEKLY,
+        vec![text(user), cql_date(BASE_DAY - 4)],
+    )
+    .expect("week row");
+    assert_eq!(week[0..2], [i(1), d(400.0)]);
+}
+
+#[test]
+fn a_deleted_meal_leaves_its_day() {
+    let user = "u1";
+    let run = run(&[
+        lunch(user, 1, 1, BASE_DAY, 500.0),
+        logged(
+            user,
+            2,
+            2,
+            BASE_DAY,
+            MealType::Snack,
+            &[food(100.0, 1.0, 1.0, 1.0)],
+        ),
+        deleted(user, 3, 1, BASE_DAY),
+        deleted(user, 4, 9, BASE_DAY),
+    ]);
+    let day = daily(run.tables(), user, BASE_DAY).expect("row");
+    assert_eq!(day[0], d(100.0));
+    assert_eq!(day[8], i(1));
+    let run2 = self::run(&[
+        lunch(user, 1, 1, BASE_DAY, 500.0),
+        deleted(user, 2, 1, BASE_DAY),
+    ]);
+    for table in [USER_DAILY, USER_WEEKLY, USER_MONTHLY, DAILY_ALL_USERS] {
+        assert!(
+            run2.tables().get(table).is_none_or(|rows| rows.is_empty()),
+            "{table}"
+        );
+    }
+}
+
+#[test]
+fn a_day_meets_its_goal_when_every_minimum_is_reached_and_no_ceiling_passed() {
+    let user = "u1";
+    let targets = Targets {
+        energy: Some(1000.0),
+        fat: Some(50.0),
+        water: Some(1500),
+        ..Targets::default()
+    };
+    let run = run(&[
+        goal(user, 1, BASE_DAY, BASE_DAY, targets),
+        // Day 0: energy and water reached, fat within: met.
+        logged(
+            user,
+            2,
+            1,
+            BASE_DAY,
+            MealType::Lunch,
+            &[food(1200.0, 1.0, 1.0, 40.0)],
+        ),
+        water(user, 3, BASE_DAY, 1500),
+        // Day 1: fat above its ceiling: missed.
+        logged(
+            user,
+            4,
+            2,
+            BASE_DAY + 1,
+            MealType::Lunch,
+            &[food(1200.0, 1.0, 1.0, 60.0)],
+        ),
+        water(user, 5, BASE_DAY + 1, 2000),
+        // Day 2: water short: missed.
+        logged(
+            user,
+            6,
+            3,
+            BASE_DAY + 2,
+            MealType::Lunch,
+            &[food(1200.0, 1.0, 1.0, 10.0)],
+        ),
+    ]);
+    let goal_columns = |day| daily(run.tables(), user, day).expect("row")[14..21].to_vec();
+    assert_eq!(
+        goal_columns(BASE_DAY),
+        vec![
+            d(1000.0),
+            None,
+            None,
+            d(50.0),
+            None,
+            i(1500),
+            Some(CqlValue::Boolean(true))
+        ]
+    );
+    assert_eq!(
+        goal_columns(BASE_DAY + 1)[6],
+        Some(CqlValue::Boolean(false))
+    );
+    assert_eq!(
+        goal_columns(BASE_DAY + 2)[6],
+        Some(CqlValue::Boolean(false))
+    );
+    let all_key = vec![cql_date(BASE_DAY), CqlValue::Int(0), text(user)];
+    let all = row(run.tables(), DAILY_ALL_USERS, all_key).expect("row");
+    assert_eq!(all[14..16], [i(1), i(1)]);
+    let week = row(
+        run.tables(),
+        USER_WEEKLY,
+        vec![text(user), cql_date(BASE_DAY - 4)],
+    )
+    .expect("week row");
+    assert_eq!(week[15..18], [i(3), i(1), i(2)]);
+}
+
+#[test]
+fn a_new_goal_judges_the_logged_days_from_its_first_day_again() {
+    let user = "u1";
+    let low = Targets {
+        energy: Some(100.0),
+        ..Targets::default()
+    };
+    let high = Targets {
+        energy: Some(1000.0),
+        ..Targets::default()
+    };
+    let run = run(&[
+        goal(user, 1, BASE_DAY, BASE_DAY, low),
+        lunch(user, 2, 1, BASE_DAY, 500.0),
+        lunch(user, 3, 2, BASE_DAY + 1, 500.0),
+        goal(user, 4, BASE_DAY + 1, BASE_DAY + 1, high),
+    ]);
+    let met = |day| daily(run.tables(), user, day).expect("row")[20].clone();
+    assert_eq!(met(BASE_DAY), Some(CqlValue::Boolean(true)));
+    assert_eq!(met(BASE_DAY + 1), Some(CqlValue::Boolean(false)));
+}
+
+#[test]
+fn days_before_the_open_period_are_final() {
+    let user = "u1";
+    let projection = NutritionProjection::with_config(NutritionConfig { window_days: 10 });
+    let mut run = MemoryRun::new();
+    let events = [
+        lunch(user, 1, 1, BASE_DAY, 500.0),
+        // Sixty days later: November is closed.
+        lunch(user, 2, 2, BASE_DAY + 60, 100.0),
+        deleted(user, 3, 1, BASE_DAY + 60),
+        lunch(user, 4, 3, BASE_DAY + 1, 100.0),
+    ];
+    for (offset, event) in events.iter().enumerate() {
+        run.deliver(&projection, TOPIC, 0, offset as i64, event);
+    }
+    assert_eq!(
+        daily(run.tables(), user, BASE_DAY).expect("row")[0],
+        d(500.0)
+    );
+    assert_eq!(daily(run.tables(), user, BASE_DAY + 1), None);
+    let state = run.state(TOPIC, 0, user).expect("state");
+    assert_eq!(state.meals.len(), 1, "closed meals are dropped");
+}
+
+#[test]
+fn events_it_does_not_read_change_nothing() {
+    let projection = NutritionProjection::new();
+    assert!(!projection.wants("nutrition.goal.met"));
+    assert!(!projection.wants("user.registered"));
+    assert!(projection.wants("nutrition.meal.logged"));
+}
+
+fn bad_item(change: impl Fn(&mut MealItem)) -> Event {
+    let mut event = lunch("u1", 2, 2, BASE_DAY, 1.0);
+    if let Event::MealLogged(e) = &mut event {
+        change(&mut e.payload.items[0]);
+    }
+    event
+}
+
+#[test]
+fn what_breaks_a_rule_is_refused_and_leaves_the_state_unchanged() {
+    let projection = NutritionProjection::new();
+    let origin = Origin {
+        topic: TOPIC,
+        partition: 0,
+        offset: 0,
+    };
+    let mut state = Default::default();
+    projection
+        .apply("u1", &mut state, &lunch("u1", 1, 1, BASE_DAY, 1.0), &origin)
+        .expect("a valid meal applies");
+    let mut empty = logged("u1", 2, 2, BASE_DAY, MealType::Lunch, &[]);
+    if let Event::MealLogged(e) = &mut empty {
+        e.payload.items.clear();
+    }
+    let mut far = updated(
+        "u1",
+        2,
+        1,
+        BASE_DAY,
+        MealType::Lunch,
+        &[food(1.0, 1.0, 1.0, 1.0)],
+    );
+    if let Event::MealUpdated(e) = &mut far {
+        e.payload.eaten_at = i64::MAX;
+    }
+    let bad = [
+        bad_item(|i| i.energy_kcal = -1.0),
+        bad_item(|i| i.protein_g = f64::NAN),
+        bad_item(|i| i.sodium_mg = Some(f64::INFINITY)),
+        bad_item(|i| i.grams = -5.0),
+        empty,
+        far,
+        water("u1", 2, BASE_DAY + 1, 0),
+        water("u1", 2, BASE_DAY + 1, -100),
+        goal(
+            "u1",
+            2,
+            BASE_DAY + 1,
+            BASE_DAY,
+            Targets {
+                fat: Some(-3.0),
+                ..Targets::default()
+            },
+        ),
+        goal("u1", 2, BASE_DAY + 1, i32::MAX, Targets::default()),
+    ];
+    for event in &bad {
+        let before = state.clone();
+        let result = projection.apply("u1", &mut state, event, &origin);
+        assert!(result.is_err(), "{event:?}");
+        assert_eq!(state, before);
+    }
+    let before = state.clone();
+    let elsewhere = water("u2", 2, BASE_DAY + 1, 100);
+    assert!(projection
+        .apply("u1", &mut state, &elsewhere, &origin)
+        .is_err());
+    assert_eq!(state, before);
+}
+
+/// One generated user action.
+#[derive(Debug, Clone)]
+enum Op {
+    Log(u8, i32, MealType, Vec<Food>),
+    Update(u8, i32, MealType, Vec<Food>),
+    Delete(u8),
+    Water(i32, i32),
+    Goal(i32, Targets),
+}
+
+fn amount() -> impl Strategy<Value = f64> {
+    (0..200_u32).prop_map(|v| f64::from(v) * 5.0)
+}
+
+fn known() -> impl Strategy<Value = Option<f64>> {
+    prop::option::of((0..50_u32).prop_map(f64::from))
+}
+
+fn foods() -> impl Strategy<Value = Vec<Food>> {
+    prop::collection::vec(
+        (
+            amount(),
+            amount(),
+            amount(),
+            amount(),
+            known(),
+            known(),
+            known(),
+        )
+            .prop_map(
+                |(energy, protein, carbohydrate, fat, fibre, sugar, sodium)| Food {
+                    energy,
+                    protein: protein / 5.0,
+                    carbohydrate: carbohydrate / 5.0,
+                    fat: fat / 10.0,
+                    fibre,
+                    sugar,
+                    sodium,
+                },
+            ),
+        1..3,
+    )
+}
+
+fn meal_type() -> impl Strategy<Value = MealType> {
+    prop_oneof![
+        Just(MealType::Breakfast),
+        Just(MealType::Lunch),
+        Just(MealType::Dinner),
+        Just(MealType::Snack),
+    ]
+}
+
+fn target(max: u32) -> impl Strategy<Value = Option<f64>> {
+    prop::option::of((0..max).prop_map(|v| f64::from(v) * 10.0))
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let day = 0..14_i32;
+    prop_oneof![
+        4 => (0..6_u8, day.clone(), meal_type(), foods()).prop_map(|(s, d, t, f)| Op::Log(s, d, t, f)),
+        2 => (0..6_u8, day.clone(), meal_type(), foods()).prop_map(|(s, d, t, f)| Op::Update(s, d, t, f)),
+        1 => (0..6_u8).prop_map(Op::Delete),
+        2 => (day.clone(), 1..1500_i32).prop_map(|(d, ml)| Op::Water(d, ml)),
+        1 => (day, target(150), target(20), target(40), target(10), target(3), prop::option::of(0..3000_i32))
+            .prop_map(|(d, energy, protein, carbohydrate, fat, fibre, water)| Op::Goal(d, Targets {
+                energy, protein, carbohydrate, fat, fibre, water,
+            })),
+    ]
+}
+
+const USERS: [&str; 5] = ["u-anna", "u-bo", "u-chen", "u-dara", "u-emil"];
+
+/// A record as the topic holds it.
+#[derive(Debug, Clone)]
+struct Record {
+    partition: i32,
+    offset: i64,
+    event: Event,
+}
+
+/// The events of the generated actions, in log order, on three partitions with increasing
+/// offsets per partition. Each user's stream clock is the last day of the generated range.
+fn records(ops: &[(usize, Op)]) -> Vec<Record> {
+    let mut versions = [0_i64; USERS.len()];
+    let mut offsets = [0_i64; 3];
+    let now = BASE_DAY + 14;
+    ops.iter()
+        .map(|(u, op)| {
+            let user = USERS[*u];
+            versions[*u] += 1;
+            let v = versions[*u];
+            let mut event = match op {
+                Op::Log(s, day, t, f) => logged(user, v, *s, BASE_DAY + day, *t, f),
+                Op::Update(s, day, t, f) => updated(user, v, *s, BASE_DAY + day, *t, f),
+                Op::Delete(s) => deleted(user, v, *s, now),
+                Op::Water(day, ml) => water(user, v, BASE_DAY + day, *ml),
+                Op::Goal(day, t) => goal(user, v, now, BASE_DAY + day, *t),
+            };
+            if let Event::MealLogged(e) = &mut event {
+                e.header.timestamp = at(now, 1);
+            }
+            let partition = (*u % 3) as i32;
+            let offset = offsets[partition as usize];
+            offsets[partition as usize] += 1;
+            Record {
+                partition,
+                offset,
+                event,
+            }
+        })
+        .collect()
+}
+
+/// What the oracle knows of one user-day.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct OracleDay {
+    energy: f64,
+    protein: f64,
+    carbohydrate: f64,
+    fat: f64,
+    fibre: f64,
+    water: i64,
+    meals: i32,
+    goal_met: Option<bool>,
+}
+
+/// The figures per (user, day), computed from the actions alone: the latest version of every
+/// meal not deleted, the water, and the latest goal whose first day is on or before the day.
+fn oracle(ops: &[(usize, Op)]) -> BTreeMap<(usize, i32), OracleDay> {
+    let mut meals: BTreeMap<(usize, u8), (i32, Vec<Food>)> = BTreeMap::new();
+    let mut water: BTreeMap<(usize, i32), i64> = BTreeMap::new();
+    let mut goals: Vec<(usize, i32, Targets)> = Vec::new();
+    for (u, op) in ops {
+        match op {
+            Op::Log(s, day, _, f) | Op::Update(s, day, _, f) => {
+                meals.insert((*u, *s), (*day, f.clone()));
+            }
+            Op::Delete(s) => {
+                meals.remove(&(*u, *s));
+            }
+            Op::Water(day, ml) => *water.entry((*u, *day)).or_default() += i64::from(*ml),
+            Op::Goal(day, t) => goals.push((*u, *day, *t)),
+        }
+    }
+    let mut days: BTreeMap<(usize, i32), OracleDay> = BTreeMap::new();
+    for ((u, _), (day, foods)) in &meals {
+        let entry = days.entry((*u, *day)).or_default();
+        entry.meals += 1;
+        for f in foods {
+            entry.energy += f.energy;
+            entry.protein += f.protein;
+            entry.carbohydrate += f.carbohydrate;
+            entry.fat += f.fat;
+            entry.fibre += f.fibre.unwrap_or(0.0);
+        }
+    }
+    for ((u, day), ml) in &water {
+        days.entry((*u, *day)).or_default().water = *ml;
+    }
+    for ((u, day), figures) in days.iter_mut() {
+        let in_force = goals
+            .iter()
+            .rev()
+            .find(|(gu, from, _)| gu == u && from <= day)
+            .map(|(_, _, t)| *t);
+        figures.goal_met = in_force.and_then(|t| {
+            let checks = [
+                t.energy.map(|x| figures.energy >= x),
+                t.protein.map(|x| figures.protein >= x),
+                t.carbohydrate.map(|x| figures.carbohydrate <= x),
+                t.fat.map(|x| figures.fat <= x),
+                t.fibre.map(|x| figures.fibre >= x),
+                t.water.map(|x| figures.water >= i64::from(x)),
+            ];
+            let set: Vec<bool> = checks.into_iter().flatten().collect();
+            (!set.is_empty()).then(|| set.iter().all(|met| *met))
+        });
+    }
+    days
+}
+
+/// How a chaotic run goes on after a batch.
+#[derive(Debug, Clone, Copy)]
+enum After {
+    /// States saved.
+    Commit,
+    /// States lost: the loop restarts at the last committed record.
+    Crash,
+    /// States saved, then the last records delivered again.
+    Replay(usize),
+}
+
+fn after() -> impl Strategy<Value = After> {
+    prop_oneof![
+        3 => Just(After::Commit),
+        2 => Just(After::Crash),
+        1 => (1..8_usize).prop_map(After::Replay),
+    ]
+}
+
+fn one_pass(records: &[Record]) -> MemoryRun<crate::state::UserNutrition> {
+    let projection = NutritionProjection::new();
+    let mut run = MemoryRun::new();
+    for r in records {
+        run.deliver(&projection, TOPIC, r.partition, r.offset, &r.event);
+    }
+    run.commit();
+    run
+}
+
+fn chaotic(
+    records: &[Record],
+    steps: &[(usize, bool, After)],
+) -> MemoryRun<crate::state::UserNutrition> {
+    let projection = NutritionProjection::new();
+    let mut run = MemoryRun::new();
+    let (mut position, mut committed) = (0, 0);
+    for (size, duplicate, after) in steps {
+        let end = (position + size).min(records.len());
+        for r in &records[position..end] {
+            run.deliver(&projection, TOPIC, r.partition, r.offset, &r.event);
+            if *duplicate {
+                run.deliver(&projection, TOPIC, r.partition, r.offset, &r.event);
+            }
+        }
+        match after {
+            After::Commit => {
+                run.commit();
+                committed = end;
+                position = end;
+            }
+            After::Crash => {
+                run.crash();
+                position = committed;
+            }
+            After::Replay(back) => {
+                run.commit();
+                committed = end;
+                position = end.saturating_sub(*back);
+            }
+        }
+    }
+    for r in &records[position..] {
+        run.deliver(&projection, TOPIC, r.partition, r.offset, &r.event);
+    }
+    run.commit();
+    run
+}
+
+fn double(v: &Option<CqlValue>) -> f64 {
+    match v {
+        Some(CqlValue::Double(x)) => *x,
+        other => panic!("not a double: {other:?}"),
+    }
+}
+
+fn int(v: &Option<CqlValue>) -> i64 {
+    match v {
+        Some(CqlValue::Int(x)) => i64::from(*x),
+        Some(CqlValue::BigInt(x)) => *x,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+fn user_ops() -> impl Strategy<Value = Vec<(usize, Op)>> {
+    prop::collection::vec((0..USERS.len(), op()), 1..60)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn duplicates_replays_and_crashes_leave_the_tables_of_one_pass(
+        ops in user_ops(),
+        steps in prop::collection::vec((1..10_usize, any::<bool>(), after()), 0..30),
+    ) {
+        let records = records(&ops);
+        let once = one_pass(&records);
+        let chaos = chaotic(&records, &steps);
+        prop_assert!(once.rejected().is_empty());
+        prop_assert!(chaos.commands().is_empty());
+        prop_assert_eq!(once.tables(), chaos.tables());
+    }
+
+    #[test]
+    fn the_rows_equal_the_oracle(ops in user_ops()) {
+        let run = one_pass(&records(&ops));
+        let expected = oracle(&ops);
+        let tables = run.tables();
+
+        let daily_rows = tables.get(USER_DAILY).map_or(0, |rows| rows.len());
+        prop_assert_eq!(daily_rows, expected.len());
+        for ((u, day), o) in &expected {
+            let r = daily(tables, USERS[*u], BASE_DAY + day).expect("a row per logged day");
+            prop_assert_eq!(double(&r[0]), o.energy);
+            prop_assert_eq!(double(&r[1]), o.protein);
+            prop_assert_eq!(double(&r[2]), o.carbohydrate);
+            prop_assert_eq!(double(&r[3]), o.fat);
+            prop_assert_eq!(r[4].as_ref().map_or(0.0, |_| double(&r[4])), o.fibre);
+            prop_assert_eq!(int(&r[7]), o.water);
+            prop_assert_eq!(int(&r[8]), i64::from(o.meals));
+            prop_assert_eq!(r[20].clone(), o.goal_met.map(CqlValue::Boolean));
+        }
+
+        // Across all users: the partial rows of a day sum to the oracle's day.
+        let mut by_day: BTreeMap<i32, (f64, i64, i64)> = BTreeMap::new();
+        for ((_, day), o) in &expected {
+            let e = by_day.entry(*day).or_default();
+            e.0 += o.energy;
+            e.1 += i64::from(o.meals);
+            e.2 += i64::from(o.goal_met == Some(true));
+        }
+        let all_rows = tables.get(DAILY_ALL_USERS).cloned().unwrap_or_default();
+        prop_assert_eq!(all_rows.len(), expected.len());
+        for (day, (energy, meals, met)) in by_day {
+            let date = format!("{:?}", cql_date(BASE_DAY + day));
+            let rows: Vec<&Values> = all_rows
+                .iter()
+                .filter(|(k, _)| k.starts_with(&format!("[{date},")))
+                .map(|(_, v)| v)
+                .collect();
+            prop_assert_eq!(rows.iter().map(|r| double(&r[0])).sum::<f64>(), energy);
+            prop_assert_eq!(rows.iter().map(|r| int(&r[8])).sum::<i64>(), meals);
+            prop_assert_eq!(rows.iter().map(|r| int(&r[15])).sum::<i64>(), met);
+        }
+
+        // Weeks and months: days logged, energy and goal days met.
+        for (u, user) in USERS.iter().enumerate() {
+            for (table, start) in [
+                (USER_WEEKLY, crate::state::week_start as fn(i32) -> i32),
+                (USER_MONTHLY, crate::state::month_start),
+            ] {
+                let mut periods: BTreeMap<i32, (i64, f64, i64)> = BTreeMap::new();
+                for ((_, day), o) in expected.range((u, i32::MIN)..=(u, i32::MAX)) {
+                    let p = periods.entry(start(BASE_DAY + day)).or_default();
+                    p.0 += 1;
+                    p.1 += o.energy;
+                    p.2 += i64::from(o.goal_met == Some(true));
+                }
+                for (first, (days, energy, met)) in periods {
+                    let r = row(tables, table, vec![text(user), cql_date(first)]).expect("period row");
+                    prop_assert_eq!(int(&r[0]), days);
+                    prop_assert_eq!(double(&r[1]), energy);
+                    prop_assert_eq!(int(&r[16]), met);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn utc_days_start_at_midnight() {
+    assert_eq!(utc_day(at(BASE_DAY, 0)), Some(BASE_DAY));
+    assert_eq!(utc_day(at(BASE_DAY, 24) - 1), Some(BASE_DAY));
+    assert_eq!(utc_day(-1), Some(-1));
+    assert_eq!(crate::state::week_start(BASE_DAY), BASE_DAY - 4);
+    assert_eq!(crate::state::month_start(BASE_DAY), BASE_DAY - 19);
+    assert_eq!(crate::state::month_end(BASE_DAY), BASE_DAY + 10);
+}

@@ -1,0 +1,1 @@
+//! The quests read-model processor (issue 5).

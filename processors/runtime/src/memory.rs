@@ -1,0 +1,166 @@
+//! The consume loop's effect on the tables, in memory and without I/O, for property tests of
+//! projections: the same entity guard (skip a record at or below an entity's applied offset),
+//! the same row coalescing, the same order (rows before states), and crashes that lose the
+//! states of a batch whose rows were written.
+//!
+//! ```
+//! # use dietstream_runtime::memory::MemoryRun;
+//! # fn check<P: dietstream_runtime::Projection>(projection: &P, events: &[(String, i32, i64, dietstream_schemas::Event)]) {
+//! let mut once = MemoryRun::new();
+//! for (topic, partition, offset, event) in events {
+//!     once.deliver(projection, topic, *partition, *offset, event);
+//! }
+//! once.commit();
+//! // ... deliver again with duplicates and replayed prefixes into another run, then:
+//! // assert_eq!(once.tables(), other.tables());
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+
+use dietstream_schemas::{Command, Event};
+use scylla::value::CqlValue;
+
+use crate::projection::{Origin, Projection, Row};
+use crate::store::Stored;
+
+/// One table row as the model keeps it: its columns' values.
+pub type Values = Vec<Option<CqlValue>>;
+
+/// The model's tables: table name, then the row key (rendered), then the row's values.
+pub type Tables = BTreeMap<&'static str, BTreeMap<String, Values>>;
+
+/// An in-memory run of one projection.
+#[derive(Debug)]
+pub struct MemoryRun<S> {
+    /// Entity state as the loop holds it (topic, partition, entity).
+    live: HashMap<(String, i32, String), Stored<S>>,
+    /// Entity state as the state table holds it.
+    saved: HashMap<(String, i32, String), Stored<S>>,
+    /// Entities changed since the last commit.
+    dirty: Vec<(String, i32, String)>,
+    tables: Tables,
+    commands: Vec<Command>,
+    rejected: Vec<(i64, String)>,
+}
+
+impl<S: Clone + Default> Default for MemoryRun<S> {
+    fn default() -> Self {
+        MemoryRun {
+            live: HashMap::new(),
+            saved: HashMap::new(),
+            dirty: Vec::new(),
+            tables: Tables::new(),
+            commands: Vec::new(),
+            rejected: Vec::new(),
+        }
+    }
+}
+
+fn row_key(key: &[CqlValue]) -> String {
+    format!("{key:?}")
+}
+
+impl<S: Clone + Default> MemoryRun<S> {
+    /// An empty run: no tables, no state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Delivers one record as the loop would: its rows are written at once, the changed
+    /// entities' states at the next [`MemoryRun::commit`].
+    pub fn deliver<P: Projection<State = S>>(
+        &mut self,
+        projection: &P,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        event: &Event,
+    ) {
+        if !projection.wants(&event.header().event_type) {
+            return;
+        }
+        let origin = Origin {
+            topic,
+            partition,
+            offset,
+        };
+        for entity in projection.entities(event, &origin) {
+            let key = (topic.to_owned(), partition, entity.clone());
+            let stored = self.live.entry(key.clone()).or_insert_with(|| Stored {
+                state: S::default(),
+                applied_offset: -1,
+            });
+            if stored.applied_offset >= offset {
+                continue;
+            }
+            match projection.apply(&entity, &mut stored.state, event, &origin) {
+                Ok(effects) => {
+                    stored.applied_offset = offset;
+                    for row in effects.rows {
+                        self.write(row);
+                    }
+                    self.commands.extend(effects.commands);
+                    self.dirty.push(key);
+                }
+                Err(error) => self.rejected.push((offset, error.to_string())),
+            }
+        }
+    }
+
+    /// The end of a batch: the changed entities' state is saved (after their rows, which
+    /// [`MemoryRun::deliver`] wrote at once).
+    pub fn commit(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            if let Some(stored) = self.live.get(&key) {
+                self.saved.insert(key, stored.clone());
+            }
+        }
+    }
+
+    /// A crash before [`MemoryRun::commit`]: the rows of the batch are in the tables, its
+    /// states are not saved, and the restarted loop reloads the saved states. The records of
+    /// the batch are then delivered again.
+    pub fn crash(&mut self) {
+        self.dirty.clear();
+        self.live = self.saved.clone();
+    }
+
+    fn write(&mut self, row: Row) {
+        match row {
+            Row::Upsert { table, key, values } => {
+                self.tables
+                    .entry(table)
+                    .or_default()
+                    .insert(row_key(&key), values);
+            }
+            Row::Delete { table, key } => {
+                if let Some(rows) = self.tables.get_mut(table) {
+                    rows.remove(&row_key(&key));
+                }
+            }
+        }
+    }
+
+    /// The tables as written so far.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Every command the projection produced, in order (repeats included).
+    pub fn commands(&self) -> &[Command] {
+        &self.commands
+    }
+
+    /// Records the projection refused (offset, reason).
+    pub fn rejected(&self) -> &[(i64, String)] {
+        &self.rejected
+    }
+
+    /// An entity's live state, if it has one.
+    pub fn state(&self, topic: &str, partition: i32, entity: &str) -> Option<&S> {
+        self.live
+            .get(&(topic.to_owned(), partition, entity.to_owned()))
+            .map(|stored| &stored.state)
+    }
+}

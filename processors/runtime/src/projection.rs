@@ -1,0 +1,146 @@
+//! What a read-model processor is to the runtime: a pure [`Projection`] (DESIGN decision 5)
+//! from events to per-entity state, rows and commands.
+//!
+//! # The exactly-once contract (DESIGN decision 4)
+//!
+//! The runtime delivers records at least once; a projection makes the effect exactly once by
+//! keeping to these rules, which its property tests check:
+//!
+//! - **Entities belong to one source partition.** [`Projection::entities`] names the entities
+//!   an event changes; the runtime keys each entity's state by the record's topic and
+//!   partition. Two partitions never change the same entity, so two consumers never race on
+//!   it. A figure across users is one entity per source partition (its rows carry
+//!   [`Origin::partition`] in their key) and is summed when read.
+//! - **Each entity remembers the last offset applied to it**, and the runtime skips a record
+//!   at or below it, so a replayed record changes nothing.
+//! - **Rows are absolute values computed from the state**, never increments: writing a row
+//!   twice, or an older and then a newer version of it, ends with the newest. A row belongs to
+//!   exactly one entity.
+//! - **`apply` is pure and all-or-nothing**: no I/O, no clock, no randomness (time comes from
+//!   the event); on `Err` the state is unchanged.
+//!
+//! The runtime writes a batch's rows first and the entities' state (with their offsets) after,
+//! then stores the Kafka offsets. A crash in between replays the records on the old state and
+//! writes the same rows again. Commands a projection sends ([`Effects::commands`]) may so be
+//! sent more than once; they carry ids derived from the causing event, and the command
+//! processor rejects the repeat (a quest completed twice, an insight id reused).
+
+use dietstream_schemas::{Command, Event};
+use scylla::value::CqlValue;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// One read-model table: the runtime prepares an upsert and a delete for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    /// Table name, without keyspace.
+    pub name: &'static str,
+    /// Primary key columns, partition key first, in the order of [`Row`] keys.
+    pub key: &'static [&'static str],
+    /// The other columns, in the order of [`Row::Upsert`] values.
+    pub values: &'static [&'static str],
+}
+
+/// A write to a read-model table, with absolute values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    /// Insert or overwrite the row with this key.
+    Upsert {
+        /// The table's name (one of [`Projection::tables`]).
+        table: &'static str,
+        /// Primary key values, in [`Table::key`] order.
+        key: Vec<CqlValue>,
+        /// Column values, in [`Table::values`] order; `None` writes null.
+        values: Vec<Option<CqlValue>>,
+    },
+    /// Delete the row with this key.
+    Delete {
+        /// The table's name.
+        table: &'static str,
+        /// Primary key values, in [`Table::key`] order.
+        key: Vec<CqlValue>,
+    },
+}
+
+impl Row {
+    /// An upsert of `table` with these key and column values.
+    pub fn upsert(table: &'static str, key: Vec<CqlValue>, values: Vec<Option<CqlValue>>) -> Row {
+        Row::Upsert { table, key, values }
+    }
+
+    /// The table written.
+    pub fn table(&self) -> &'static str {
+        match self {
+            Row::Upsert { table, .. } | Row::Delete { table, .. } => table,
+        }
+    }
+
+    /// The primary key written.
+    pub fn key(&self) -> &[CqlValue] {
+        match self {
+            Row::Upsert { key, .. } | Row::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// A broken rule: the event decodes but cannot be applied (a meal update for an unknown meal
+/// on a fresh state is not one: projections must accept what the command processor accepted;
+/// this is for contradictions such as a negative amount). The record is dead-lettered with
+/// class `rule_violation` and the processing goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RuleError(pub String);
+
+/// What applying one event to one entity produced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Effects {
+    /// Rows to write (coalesced per table and key within a batch: the last one wins).
+    pub rows: Vec<Row>,
+    /// Commands to send to the command processor, in order.
+    pub commands: Vec<Command>,
+}
+
+/// Where the record being applied was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin<'a> {
+    /// Its topic (prefix included).
+    pub topic: &'a str,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+}
+
+/// A processor's pure part. See the module docs for the contract.
+pub trait Projection: Send + Sync + 'static {
+    /// One entity's state, kept in memory for the assigned partitions and stored (as JSON) in
+    /// the processor's state table.
+    type State: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static;
+
+    /// The processor's name as the topology spells it (`processor = "…"`): consumer group,
+    /// dead-letter topic, state table and metrics label come from it.
+    fn name(&self) -> &'static str;
+
+    /// The tables it writes, for the runtime's prepared statements.
+    fn tables(&self) -> &'static [Table];
+
+    /// CQL statements creating its tables (idempotent, `IF NOT EXISTS`), with `{keyspace}`
+    /// where the keyspace goes.
+    fn migrations(&self) -> Vec<String>;
+
+    /// True when it needs events of this type, told by the `event_type` header before any
+    /// decoding. Records it does not want are skipped undecoded.
+    fn wants(&self, event_type: &str) -> bool;
+
+    /// The entities this event changes, within its source partition.
+    fn entities(&self, event: &Event, origin: &Origin<'_>) -> Vec<String>;
+
+    /// Applies the event to one of its entities.
+    fn apply(
+        &self,
+        entity: &str,
+        state: &mut Self::State,
+        event: &Event,
+        origin: &Origin<'_>,
+    ) -> Result<Effects, RuleError>;
+}

@@ -1,0 +1,348 @@
+//! The CQL side of a processor: its migrations, its state table, and the prepared statements
+//! that write its rows.
+//!
+//! Every processor has a state table `<processor>_state`, one CQL partition per source
+//! partition (`source` = `<topic>/<partition>`), one row per entity: the entity's state as
+//! JSON and the offset of the last record applied to it. Loading a partition's state when it is
+//! assigned is one paged query.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use scylla::client::session::Session;
+use scylla::errors::{ExecutionError, PagerExecutionError, PrepareError};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlValue;
+
+use crate::projection::{Projection, Row, Table};
+
+/// Why a CQL step failed. Every CQL failure is treated as transient by the loop: even a
+/// permanent one (a dropped table) is not the record's fault, so nothing is skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A migration statement failed.
+    #[error("migration statement failed: {statement}: {source}")]
+    Migration {
+        /// The statement.
+        statement: String,
+        /// What the driver said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A statement could not be prepared (tables missing: run the migrations first).
+    #[error("cannot prepare {statement}: {source}")]
+    Prepare {
+        /// The statement.
+        statement: String,
+        /// What the driver said.
+        source: Box<PrepareError>,
+    },
+    /// A write or read failed.
+    #[error("CQL {operation} on {table}: {message}")]
+    Execute {
+        /// `upsert`, `delete`, `load` or `save state`.
+        operation: &'static str,
+        /// The table.
+        table: String,
+        /// What the driver said.
+        message: String,
+    },
+    /// A row names a table the projection does not declare, or has the wrong column count: a
+    /// bug in the projection.
+    #[error("row for table {table} does not match its declaration: {problem}")]
+    BadRow {
+        /// The table named.
+        table: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A stored state does not parse as the projection's state: the state table was written
+    /// by an incompatible version. Rebuild with `dietstream replay`.
+    #[error("state of {entity} in {source_partition} does not parse: {message}")]
+    BadState {
+        /// `<topic>/<partition>`.
+        source_partition: String,
+        /// The entity.
+        entity: String,
+        /// What serde said.
+        message: String,
+    },
+}
+
+/// The name of a processor's state table.
+pub fn state_table(processor: &str) -> String {
+    format!("{processor}_state")
+}
+
+/// Every statement that creates a projection's tables, its state table included.
+pub fn migrations<P: Projection>(projection: &P, keyspace: &str) -> Vec<String> {
+    let mut statements: Vec<String> = projection
+        .migrations()
+        .into_iter()
+        .map(|s| s.replace("{keyspace}", keyspace))
+        .collect();
+    statements.push(format!(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.{} (\
+         source text, entity text, state blob, applied_offset bigint, \
+         PRIMARY KEY ((source), entity))",
+        state_table(projection.name())
+    ));
+    statements
+}
+
+/// Creates the projection's tables unless they exist; safe to run any number of times.
+pub async fn migrate<P: Projection>(
+    session: &Session,
+    projection: &P,
+    keyspace: &str,
+) -> Result<(), StoreError> {
+    for statement in migrations(projection, keyspace) {
+        session
+            .query_unpaged(statement.as_str(), ())
+            .await
+            .map_err(|source| StoreError::Migration {
+                statement,
+                source: Box::new(source),
+            })?;
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|source| StoreError::Migration {
+            statement: "(schema agreement)".to_owned(),
+            source: Box::new(source),
+        })?;
+    Ok(())
+}
+
+/// One entity's stored state.
+#[derive(Debug, Clone)]
+pub struct Stored<S> {
+    /// The state.
+    pub state: S,
+    /// Offset of the last record applied to it.
+    pub applied_offset: i64,
+}
+
+struct TableStatements {
+    table: Table,
+    upsert: PreparedStatement,
+    delete: PreparedStatement,
+}
+
+/// The prepared statements of one processor.
+#[derive(Clone)]
+pub struct Store {
+    session: Arc<Session>,
+    tables: Arc<HashMap<&'static str, TableStatements>>,
+    load: PreparedStatement,
+    save: PreparedStatement,
+    state_table: String,
+}
+
+impl Store {
+    /// Prepares the upsert and delete of every table of `projection` and the state
+    /// statements. The tables must exist ([`migrate`]).
+    pub async fn prepare<P: Projection>(
+        session: Arc<Session>,
+        projection: &P,
+        keyspace: &str,
+    ) -> Result<Store, StoreError> {
+        let prepare = |text: String| {
+            let session = Arc::clone(&session);
+            async move {
+                session
+                    .prepare(text.as_str())
+                    .await
+                    .map_err(|source| StoreError::Prepare {
+                        statement: text,
+                        source: Box::new(source),
+                    })
+            }
+        };
+        let mut tables = HashMap::new();
+        for table in projection.tables() {
+            let columns: Vec<&str> = table.key.iter().chain(table.values).copied().collect();
+            let marks = vec!["?"; columns.len()].join(", ");
+            let upsert = prepare(format!(
+                "INSERT INTO {keyspace}.{} ({}) VALUES ({marks})",
+                table.name,
+                columns.join(", ")
+            ))
+            .await?;
+            let condition = table
+                .key
+                .iter()
+                .map(|c| format!("{c} = ?"))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let delete = prepare(format!(
+                "DELETE FROM {keyspace}.{} WHERE {condition}",
+                table.name
+            ))
+            .await?;
+            tables.insert(
+                table.name,
+                TableStatements {
+                    table: *table,
+                    upsert,
+                    delete,
+                },
+            );
+        }
+        let state_table = state_table(projection.name());
+        let mut load = prepare(format!(
+            "SELECT entity, state, applied_offset FROM {keyspace}.{state_table} WHERE source = ?"
+        ))
+        .await?;
+        load.set_page_size(5_000);
+        let save = prepare(format!(
+            "INSERT INTO {keyspace}.{state_table} (source, entity, state, applied_offset) \
+             VALUES (?, ?, ?, ?)"
+        ))
+        .await?;
+        Ok(Store {
+            session,
+            tables: Arc::new(tables),
+            load,
+            save,
+            state_table,
+        })
+    }
+
+    /// Every entity stored for one source partition.
+    pub async fn load<S: serde::de::DeserializeOwned>(
+        &self,
+        source: &str,
+    ) -> Result<HashMap<String, Stored<S>>, StoreError> {
+        let failed = |message: String| StoreError::Execute {
+            operation: "load",
+            table: self.state_table.clone(),
+            message,
+        };
+        let rows = self
+            .session
+            .execute_iter(self.load.clone(), (source,))
+            .await
+            .map_err(|e: PagerExecutionError| failed(e.to_string()))?
+            .rows_stream::<(String, Vec<u8>, i64)>()
+            .map_err(|e| failed(e.to_string()))?;
+        let rows: Vec<(String, Vec<u8>, i64)> = rows
+            .try_collect()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut entities = HashMap::with_capacity(rows.len());
+        for (entity, state, applied_offset) in rows {
+            let state = serde_json::from_slice(&state).map_err(|e| StoreError::BadState {
+                source_partition: source.to_owned(),
+                entity: entity.clone(),
+                message: e.to_string(),
+            })?;
+            entities.insert(
+                entity,
+                Stored {
+                    state,
+                    applied_offset,
+                },
+            );
+        }
+        Ok(entities)
+    }
+
+    /// Saves one entity's state and the offset applied to it.
+    pub async fn save<S: serde::Serialize>(
+        &self,
+        source: &str,
+        entity: &str,
+        stored: &Stored<S>,
+    ) -> Result<(), StoreError> {
+        // Serialising plain data to JSON cannot fail (no maps with non-string keys in states).
+        let state = serde_json::to_vec(&stored.state).map_err(|e| StoreError::Execute {
+            operation: "save state",
+            table: self.state_table.clone(),
+            message: e.to_string(),
+        })?;
+        self.session
+            .execute_unpaged(&self.save, (source, entity, state, stored.applied_offset))
+            .await
+            .map_err(|e: ExecutionError| StoreError::Execute {
+                operation: "save state",
+                table: self.state_table.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// Checks a row against its table's declaration.
+    pub fn check(&self, row: &Row) -> Result<(), StoreError> {
+        let bad = |problem: String| StoreError::BadRow {
+            table: row.table().to_owned(),
+            problem,
+        };
+        let statements = self
+            .tables
+            .get(row.table())
+            .ok_or_else(|| bad("no such table in the projection".to_owned()))?;
+        let table = statements.table;
+        if row.key().len() != table.key.len() {
+            return Err(bad(format!(
+                "{} key values for {} key columns",
+                row.key().len(),
+                table.key.len()
+            )));
+        }
+        if let Row::Upsert { values, .. } = row {
+            if values.len() != table.values.len() {
+                return Err(bad(format!(
+                    "{} values for {} columns",
+                    values.len(),
+                    table.values.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one row (checked with [`Store::check`] first).
+    pub async fn write(&self, row: &Row) -> Result<(), StoreError> {
+        self.check(row)?;
+        let statements = &self.tables[row.table()];
+        let result = match row {
+            Row::Upsert { key, values, .. } => {
+                let all: Vec<Option<CqlValue>> = key
+                    .iter()
+                    .cloned()
+                    .map(Some)
+                    .chain(values.iter().cloned())
+                    .collect();
+                self.session
+                    .execute_unpaged(&statements.upsert, all)
+                    .await
+                    .map(drop)
+            }
+            Row::Delete { key, .. } => self
+                .session
+                .execute_unpaged(&statements.delete, key.clone())
+                .await
+                .map(drop),
+        };
+        result.map_err(|e| StoreError::Execute {
+            operation: match row {
+                Row::Upsert { .. } => "upsert",
+                Row::Delete { .. } => "delete",
+            },
+            table: row.table().to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The name of the state table.
+    pub fn state_table(&self) -> &str {
+        &self.state_table
+    }
+
+    /// The session, for readers.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}

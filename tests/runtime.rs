@@ -1,0 +1,543 @@
+//! The shared consume loop against the real stack, with a small projection of its own (water
+//! drunk per user and day, and per source partition): rows equal an oracle computed from the
+//! produced events; records the projection does not want are skipped undecoded; garbage bytes,
+//! an unknown schema id and a broken rule end in the dead-letter topic with their context; a
+//! second group replaying the whole log over the same tables changes nothing; the metrics
+//! endpoint shows what happened.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Stack;
+use dietstream::kafka::ensure_topic;
+use dietstream_runtime::consume::{self, LoopConfig, Parts, ProcessorTopics};
+use dietstream_runtime::{
+    Effects, Origin, ProcessorMetrics, Projection, Row, RuleError, Store, Table,
+};
+use dietstream_schemas::catalog::Catalog;
+use dietstream_schemas::codec::{Codec, RECORD_TYPE_HEADER};
+use dietstream_schemas::headers::{DLQ_ERROR_CLASS, DLQ_ORIGINAL_OFFSET, DLQ_PROCESSOR};
+use dietstream_schemas::registry::ConfluentRegistry;
+use dietstream_schemas::types::{MealLogged, WaterIntakeLogged};
+use dietstream_schemas::Event;
+use dietstream_topology::partition_for;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use scylla::client::session::Session;
+use scylla::value::{CqlDate, CqlValue};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const PARTITIONS: i32 = 3;
+/// 2025-11-26T00:00:00Z in microseconds: day 20418.
+const DAY_START: i64 = 1_764_115_200_000_000;
+const HOUR: i64 = 3_600_000_000;
+const MICROS_PER_DAY: i64 = 24 * HOUR;
+
+/// Water per user and day, and the total per source partition.
+struct Water;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct WaterState {
+    /// Day number → (millilitres, logs).
+    days: BTreeMap<i64, (i64, i64)>,
+}
+
+const TABLES: &[Table] = &[
+    Table {
+        name: "rt_water_days",
+        key: &["user_id", "day"],
+        values: &["millilitres", "logs"],
+    },
+    Table {
+        name: "rt_water_partitions",
+        key: &["source_partition"],
+        values: &["millilitres"],
+    },
+];
+
+fn cql_date(day: i64) -> CqlValue {
+    CqlValue::Date(CqlDate((day + (1_i64 << 31)) as u32))
+}
+
+impl Projection for Water {
+    type State = WaterState;
+
+    fn name(&self) -> &'static str {
+        "water"
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        TABLES
+    }
+
+    fn migrations(&self) -> Vec<String> {
+        vec![
+            "CREATE TABLE IF NOT EXISTS {keyspace}.rt_water_days (user_id text, day date, \
+             millilitres bigint, logs bigint, PRIMARY KEY ((user_id), day))"
+                .to_owned(),
+            "CREATE TABLE IF NOT EXISTS {keyspace}.rt_water_partitions (source_partition int \
+             PRIMARY KEY, millilitres bigint)"
+                .to_owned(),
+        ]
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        event_type == "nutrition.water.logged"
+    }
+
+    fn entities(&self, event: &Event, _origin: &Origin<'_>) -> Vec<String> {
+        let user = event.header().user_id.clone().unwrap_or_default();
+        vec![format!("user/{user}"), "partition".to_owned()]
+    }
+
+    fn apply(
+        &self,
+        entity: &str,
+        state: &mut WaterState,
+        event: &Event,
+        origin: &Origin<'_>,
+    ) -> Result<Effects, RuleError> {
+        let Event::WaterIntakeLogged(water) = event else {
+            return Ok(Effects::default());
+        };
+        let millilitres = i64::from(water.payload.millilitres);
+        if millilitres <= 0 {
+            return Err(RuleError(format!("{millilitres} ml is not an intake")));
+        }
+        let day = water.payload.drunk_at.div_euclid(MICROS_PER_DAY);
+        let row = if entity == "partition" {
+            let total = state.days.entry(0).or_default();
+            total.0 += millilitres;
+            Row::upsert(
+                "rt_water_partitions",
+                vec![CqlValue::Int(origin.partition)],
+                vec![Some(CqlValue::BigInt(total.0))],
+            )
+        } else {
+            let figures = state.days.entry(day).or_default();
+            figures.0 += millilitres;
+            figures.1 += 1;
+            Row::upsert(
+                "rt_water_days",
+                vec![
+                    CqlValue::Text(entity.trim_start_matches("user/").to_owned()),
+                    cql_date(day),
+                ],
+                vec![
+                    Some(CqlValue::BigInt(figures.0)),
+                    Some(CqlValue::BigInt(figures.1)),
+                ],
+            )
+        };
+        Ok(Effects {
+            rows: vec![row],
+            commands: Vec::new(),
+        })
+    }
+}
+
+fn header(event_type: &str, user: &str, version: i64, timestamp: i64) -> serde_json::Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "event_type": event_type,
+        "aggregate_id": user,
+        "aggregate_type": "USER",
+        "version": version,
+        "timestamp": timestamp,
+        "user_id": user,
+        "session_id": null,
+        "correlation_id": null,
+        "causation_id": null,
+        "metadata": {}
+    })
+}
+
+fn water(user: &str, version: i64, timestamp: i64, millilitres: i32) -> Event {
+    Event::WaterIntakeLogged(
+        serde_json::from_value::<WaterIntakeLogged>(json!({
+            "header": header("nutrition.water.logged", user, version, timestamp),
+            "payload": {
+                "intake_id": uuid::Uuid::new_v4().to_string(),
+                "millilitres": millilitres,
+                "drunk_at": timestamp
+            }
+        }))
+        .expect("water fits the generated type"),
+    )
+}
+
+fn meal(user: &str, version: i64, timestamp: i64) -> Event {
+    Event::MealLogged(
+        serde_json::from_value::<MealLogged>(json!({
+            "header": header("nutrition.meal.logged", user, version, timestamp),
+            "payload": {
+                "meal_id": uuid::Uuid::new_v4().to_string(),
+                "meal_type": "LUNCH",
+                "eaten_at": timestamp,
+                "items": [],
+                "note": null,
+                "source": "MANUAL"
+            }
+        }))
+        .expect("meal fits the generated type"),
+    )
+}
+
+struct Fixture {
+    stack: Stack,
+    session: Arc<Session>,
+    keyspace: String,
+    codec: Arc<Codec<ConfluentRegistry>>,
+    events: String,
+    dead_letter: String,
+    producer: FutureProducer,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let stack = Stack::get().await;
+        let events = stack.topic("diet.events.user");
+        let dead_letter = stack.topic("diet.dlq.water");
+        let admin = stack.admin();
+        for (topic, partitions) in [(&events, PARTITIONS), (&dead_letter, 1)] {
+            ensure_topic(&admin, topic, partitions, &[], TIMEOUT)
+                .await
+                .expect("topic");
+        }
+        let (session, keyspace) = stack.keyspace().await;
+        for _ in 0..2 {
+            dietstream_runtime::store::migrate(&session, &Water, &keyspace)
+                .await
+                .expect("migrate");
+        }
+        let registry = stack.config.schema_registry.registry().expect("registry");
+        let codec = Codec::new(registry, &Catalog::embedded().expect("catalog")).expect("codec");
+        let producer = stack.producer();
+        Fixture {
+            stack,
+            session: Arc::new(session),
+            keyspace,
+            codec: Arc::new(codec),
+            events,
+            dead_letter,
+            producer,
+        }
+    }
+
+    async fn produce(&self, user: &str, key: &str, event_type: &str, value: &[u8]) {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: RECORD_TYPE_HEADER,
+            value: Some(event_type),
+        });
+        let record = FutureRecord::<str, [u8]>::to(&self.events)
+            .key(key)
+            .partition(partition_for(user, PARTITIONS))
+            .headers(headers)
+            .payload(value);
+        self.producer
+            .send(record, TIMEOUT)
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+
+    async fn produce_event(&self, event: &Event) {
+        let bytes = event
+            .encode(&self.codec, &self.events)
+            .await
+            .expect("encode");
+        let h = event.header();
+        let key = format!("{}/{}", h.aggregate_id, h.version);
+        self.produce(&h.aggregate_id, &key, event.record_type(), &bytes)
+            .await;
+    }
+
+    fn topics(&self, group_id: &str) -> ProcessorTopics {
+        ProcessorTopics {
+            processor: "water".to_owned(),
+            group_id: group_id.to_owned(),
+            reads: vec![self.events.clone()],
+            dead_letter: self.dead_letter.clone(),
+            commands: None,
+        }
+    }
+
+    /// Runs the loop in `group_id` until its committed offsets reach the end of every
+    /// partition, then stops it; returns the metrics it reported, as scraped text.
+    async fn run_until_caught_up(&self, group_id: &str) -> String {
+        let mut kafka = self.stack.config.kafka.client_config();
+        kafka.set("auto.commit.interval.ms", "100");
+        let registry = prometheus::Registry::new();
+        let metrics = ProcessorMetrics::new("water", &registry).expect("metrics");
+        let store = Store::prepare(Arc::clone(&self.session), &Water, &self.keyspace)
+            .await
+            .expect("prepare");
+        let config = LoopConfig {
+            batch_size: 5,
+            max_in_flight: 4,
+            ..LoopConfig::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let topics = self.topics(group_id);
+        let codec = Arc::clone(&self.codec);
+        let processor = tokio::spawn({
+            let kafka = kafka.clone();
+            async move {
+                let parts = Parts {
+                    projection: Arc::new(Water),
+                    topics,
+                    store,
+                    codec,
+                    config,
+                    metrics,
+                };
+                consume::run(parts, &kafka, async {
+                    let _ = stopped.await;
+                })
+                .await
+            }
+        });
+        let watcher: BaseConsumer = kafka
+            .clone()
+            .set("group.id", group_id)
+            .create()
+            .expect("offset watcher");
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            assert!(
+                !processor.is_finished(),
+                "the processor stopped early: {:?}",
+                processor.await
+            );
+            let (w, topic) = (&watcher, &self.events);
+            if tokio::task::block_in_place(move || caught_up(w, topic)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the processor did not catch up within {TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.send(()).expect("processor still running");
+        let summary = processor
+            .await
+            .expect("processor task")
+            .expect("processor stopped cleanly");
+        assert!(summary.records > 0, "{summary:?}");
+        prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("metrics text")
+    }
+
+    async fn water_days(&self) -> BTreeMap<(String, i64), (i64, i64)> {
+        let rows = self
+            .session
+            .query_unpaged(
+                format!(
+                    "SELECT user_id, day, millilitres, logs FROM {}.rt_water_days",
+                    self.keyspace
+                ),
+                (),
+            )
+            .await
+            .expect("select")
+            .into_rows_result()
+            .expect("rows");
+        rows.rows::<(String, CqlDate, i64, i64)>()
+            .expect("typed rows")
+            .map(|row| {
+                let (user, day, ml, logs) = row.expect("row");
+                ((user, i64::from(day.0) - (1_i64 << 31)), (ml, logs))
+            })
+            .collect()
+    }
+
+    async fn partition_totals(&self) -> i64 {
+        let rows = self
+            .session
+            .query_unpaged(
+                format!(
+                    "SELECT millilitres FROM {}.rt_water_partitions",
+                    self.keyspace
+                ),
+                (),
+            )
+            .await
+            .expect("select")
+            .into_rows_result()
+            .expect("rows");
+        rows.rows::<(i64,)>()
+            .expect("typed rows")
+            .map(|row| row.expect("row").0)
+            .sum()
+    }
+
+    /// The dead letters: (error class, original offset, processor), in order.
+    fn dead_letters(&self) -> Vec<(String, String, String)> {
+        let consumer: BaseConsumer = self
+            .stack
+            .consumer_config()
+            .set("group.id", common::unique_name("dlq"))
+            .create()
+            .expect("consumer");
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.dead_letter, 0, Offset::Beginning)
+            .expect("partition");
+        consumer.assign(&list).expect("assign");
+        let (_, end) = consumer
+            .fetch_watermarks(&self.dead_letter, 0, TIMEOUT)
+            .expect("watermarks");
+        let mut letters = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while (letters.len() as i64) < end {
+            assert!(Instant::now() < deadline, "dead letters not read in time");
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message.expect("dead letter");
+            let header = |name: &str| {
+                message
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == name))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            letters.push((
+                header(DLQ_ERROR_CLASS),
+                header(DLQ_ORIGINAL_OFFSET),
+                header(DLQ_PROCESSOR),
+            ));
+        }
+        letters
+    }
+}
+
+/// True when the group's committed offset equals the end of every partition of `topic`.
+fn caught_up(watcher: &BaseConsumer, topic: &str) -> bool {
+    let mut list = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for partition in 0..PARTITIONS {
+        let (_, high) = watcher
+            .fetch_watermarks(topic, partition, TIMEOUT)
+            .expect("watermarks");
+        list.add_partition(topic, partition);
+        ends.insert(partition, high);
+    }
+    let committed = watcher
+        .committed_offsets(list, TIMEOUT)
+        .expect("committed offsets");
+    committed.elements().iter().all(|e| match e.offset() {
+        Offset::Offset(offset) => offset >= ends[&e.partition()],
+        _ => ends[&e.partition()] == 0,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_writes_the_oracle_dead_letters_bad_records_and_replays_identically() {
+    common::init_tracing();
+    let fixture = Fixture::new().await;
+    let mut oracle: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+    let mut total = 0;
+    for u in 0..6 {
+        let user = format!("user-{u}");
+        for v in 1..=8_i64 {
+            // Two days, a few intakes each; every third version a meal the loop must skip.
+            let at = DAY_START + (v % 2) * MICROS_PER_DAY + v * HOUR;
+            if v % 3 == 0 {
+                fixture.produce_event(&meal(&user, v, at)).await;
+                continue;
+            }
+            let ml = 100 + 10 * i32::try_from(v + u).expect("small");
+            fixture.produce_event(&water(&user, v, at, ml)).await;
+            let day = oracle
+                .entry((user.clone(), at.div_euclid(MICROS_PER_DAY)))
+                .or_default();
+            day.0 += i64::from(ml);
+            day.1 += 1;
+            total += i64::from(ml);
+        }
+    }
+    // Garbage, an unknown schema id, a broken rule: each dead-lettered, the rest goes on.
+    fixture
+        .produce(
+            "user-0",
+            "user-0/90",
+            "nutrition.water.logged",
+            b"not avro at all",
+        )
+        .await;
+    fixture
+        .produce(
+            "user-1",
+            "user-1/91",
+            "nutrition.water.logged",
+            &[0, 0x7f, 0xff, 0xff, 0xf0, 1, 2, 3],
+        )
+        .await;
+    fixture
+        .produce_event(&water("user-2", 92, DAY_START + HOUR, -5))
+        .await;
+    let after = water("user-2", 93, DAY_START + 2 * HOUR, 250);
+    fixture.produce_event(&after).await;
+    let day = oracle
+        .entry(("user-2".to_owned(), DAY_START.div_euclid(MICROS_PER_DAY)))
+        .or_default();
+    day.0 += 250;
+    day.1 += 1;
+    total += 250;
+
+    let metrics = fixture
+        .run_until_caught_up(&common::unique_name("water"))
+        .await;
+    assert_eq!(fixture.water_days().await, oracle);
+    assert_eq!(fixture.partition_totals().await, total);
+    let mut classes: Vec<String> = fixture
+        .dead_letters()
+        .into_iter()
+        .map(|(class, offset, processor)| {
+            assert_eq!(processor, "water");
+            assert!(offset.parse::<i64>().is_ok(), "offset header {offset:?}");
+            class
+        })
+        .collect();
+    classes.sort();
+    assert_eq!(
+        classes,
+        ["bad_magic", "rule_violation", "unknown_schema_id"]
+    );
+    let line = |needle: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle} in\n{metrics}"))
+            .to_owned()
+    };
+    assert!(
+        line("dietstream_records_skipped_total{").ends_with(" 12"),
+        "{metrics}"
+    );
+    assert!(line("dietstream_freshness_seconds_count{").contains("processor=\"water\""));
+    let dead: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("dietstream_dead_letters_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(dead, 3.0, "{metrics}");
+
+    // A second group replays the whole log over the same tables and state: nothing changes,
+    // and nothing more is dead-lettered than the same three records again.
+    fixture
+        .run_until_caught_up(&common::unique_name("water"))
+        .await;
+    assert_eq!(fixture.water_days().await, oracle);
+    assert_eq!(fixture.partition_totals().await, total);
+}
