@@ -149,7 +149,9 @@ fn finite(value: f64, what: &str) -> Result<(), RuleError> {
     if value.is_finite() && value >= 0.0 {
         Ok(())
     } else {
-        Err(RuleError(format!("{what} is {value}, not a finite amount >= 0")))
+        Err(RuleError(format!(
+            "{what} is {value}, not a finite amount >= 0"
+        )))
     }
 }
 

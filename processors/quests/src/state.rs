@@ -199,9 +199,8 @@ impl UserQuests {
         self.meals.retain(|_, m| m.day >= oldest);
         self.water_ml.retain(|d, _| *d >= oldest);
         let horizon = crate::catalogue::day_start(oldest);
-        self.quests.retain(|_, q| {
-            !(q.status.finished() && q.deadline.is_some_and(|d| d < horizon))
-        });
+        self.quests
+            .retain(|_, q| !(q.status.finished() && q.deadline.is_some_and(|d| d < horizon)));
     }
 
     /// Progress of `definition` in the period starting `period_start`, from the activity held.
