@@ -191,7 +191,7 @@ impl UserQuests {
     }
 
     /// Moves the window to end at `day` (if newer) and drops what fell out of it: activity of
-    /// days older than `window_days`, and finished quests whose deadline is that old.
+    /// days older than `window_days`, and ended quests whose deadline is that old.
     pub fn advance(&mut self, day: i32, window_days: i32) {
         let newest = self.newest_day.map_or(day, |n| n.max(day));
         self.newest_day = Some(newest);
@@ -199,8 +199,11 @@ impl UserQuests {
         self.meals.retain(|_, m| m.day >= oldest);
         self.water_ml.retain(|d, _| *d >= oldest);
         let horizon = crate::catalogue::day_start(oldest);
-        self.quests
-            .retain(|_, q| !(q.status.finished() && q.deadline.is_some_and(|d| d < horizon)));
+        // A quest whose end was sent but never confirmed (its start refused) goes too.
+        self.quests.retain(|_, q| {
+            let ended = q.status.finished() || q.sent.is_some_and(|s| s.completed || s.failed);
+            !(ended && q.deadline.is_some_and(|d| d < horizon))
+        });
     }
 
     /// Progress of `definition` in the period starting `period_start`, from the activity held.

@@ -663,3 +663,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn state_keeps_only_the_window_and_open_quests() {
+    let later = NEW_YEAR + 10 * DAY_MICROS;
+    let (state, _) = given(&[
+        meal_logged("u1", 1, NEW_YEAR, 1, NEW_YEAR, 30.0),
+        water("u1", 2, NEW_YEAR, 500),
+        water("u1", 3, later, 500),
+        water("u1", 4, later + 1, 500),
+    ]);
+    assert!(state.meals.is_empty());
+    assert_eq!(state.water_ml.keys().copied().collect::<Vec<_>>(), [20464]);
+    // Day one's quests ended (failure sent) and fell out of the window; its week's quest ended
+    // too but its deadline (Monday 5 January) is still inside; the streak quest, today's and
+    // this week's remain.
+    let mut left: Vec<&str> = state
+        .quests
+        .values()
+        .map(|q| q.definition_id.as_str())
+        .collect();
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        [
+            "quests-drink-2-litres",
+            "quests-log-3-meals",
+            "quests-protein-100-3-days",
+            "quests-protein-100-3-days",
+            "quests-streak-7"
+        ]
+    );
+}
