@@ -150,7 +150,8 @@ enum QueryCommand {
     },
     /// A player's rows in a read-model table (one JSON object per row): nutrition_user_daily,
     /// nutrition_user_weekly, nutrition_user_monthly, engagement_users,
-    /// engagement_user_sessions or engagement_user_social. The tables are documented in
+    /// engagement_user_sessions, engagement_user_social, quests_by_user or quests_user_totals.
+    /// The tables are documented in
     /// processors/<processor>/README.md.
     Rows {
         /// The table.
@@ -201,6 +202,9 @@ enum Processor {
     Nutrition,
     /// User engagement: active users, streaks, sessions, XP and level, cohorts.
     Engagement,
+    /// Quest progression: starts, progresses and completes the catalogue's quests by
+    /// sending commands, and tracks every quest per user.
+    Quests,
     /// Every read-model processor in this process, with one metrics endpoint.
     All,
 }
@@ -375,10 +379,11 @@ fn run_processor(processor: Processor, config: &Config) -> anyhow::Result<ExitCo
             ))?;
             eprintln!("indexer stopped: offsets committed");
         }
-        Processor::Nutrition | Processor::Engagement | Processor::All => {
+        Processor::Nutrition | Processor::Engagement | Processor::Quests | Processor::All => {
             let names: Vec<&str> = match processor {
                 Processor::Nutrition => vec!["nutrition"],
                 Processor::Engagement => vec!["engagement"],
+                Processor::Quests => vec!["quests"],
                 _ => dietstream::run::READ_MODELS.to_vec(),
             };
             runtime.block_on(dietstream::run::read_models(

@@ -11,6 +11,7 @@ use scylla::client::session::Session;
 
 use dietstream_engagement::EngagementProjection;
 use dietstream_nutrition::NutritionProjection;
+use dietstream_quests::QuestsProjection;
 use dietstream_runtime::consume::{self, Parts, ProcessorTopics};
 use dietstream_runtime::{Health, ProcessorMetrics, Projection, Store};
 use dietstream_schemas::registry::ConfluentRegistry;
@@ -171,12 +172,13 @@ pub async fn indexer(
 }
 
 /// The read-model processors `dietstream run` can start, by name.
-pub const READ_MODELS: [&str; 2] = ["nutrition", "engagement"];
+pub const READ_MODELS: [&str; 3] = ["nutrition", "engagement", "quests"];
 
 /// Creates the tables of every read-model processor (and their state tables). Idempotent.
 pub async fn migrate_read_models(session: &Session, keyspace: &str) -> Result<(), RunError> {
     dietstream_runtime::store::migrate(session, &NutritionProjection::new(), keyspace).await?;
     dietstream_runtime::store::migrate(session, &EngagementProjection::new(), keyspace).await?;
+    dietstream_runtime::store::migrate(session, &QuestsProjection::new(), keyspace).await?;
     Ok(())
 }
 
@@ -226,6 +228,21 @@ pub async fn read_models(
         match *name {
             "nutrition" => {
                 let projection = Arc::new(NutritionProjection::new());
+                tasks.spawn(read_model(
+                    projection,
+                    kafka,
+                    topics,
+                    session,
+                    keyspace,
+                    codec,
+                    loop_config,
+                    metrics,
+                    part,
+                    until_stopped(stopped),
+                ));
+            }
+            "quests" => {
+                let projection = Arc::new(QuestsProjection::new());
                 tasks.spawn(read_model(
                     projection,
                     kafka,
@@ -328,13 +345,15 @@ async fn read_model<P: Projection>(
 }
 
 /// The read-model tables keyed by `user_id` first, which `dietstream query rows` shows.
-pub const PER_USER_TABLES: [&str; 6] = [
+pub const PER_USER_TABLES: [&str; 8] = [
     "nutrition_user_daily",
     "nutrition_user_weekly",
     "nutrition_user_monthly",
     "engagement_users",
     "engagement_user_sessions",
     "engagement_user_social",
+    "quests_by_user",
+    "quests_user_totals",
 ];
 
 /// A user's rows of one of [`PER_USER_TABLES`], each as a JSON object (CQL `SELECT JSON`).
