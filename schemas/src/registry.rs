@@ -173,14 +173,23 @@ impl ConfluentRegistry {
             Some(RegistryAuth::Bearer(token)) => request.bearer_auth(token),
             None => request,
         };
-        let response = request
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE)
-            .send()
-            .await
-            .map_err(|e| RegistryError::Unavailable {
-                url: e.url().map(ToString::to_string).unwrap_or_default(),
-                reason: e.to_string(),
-            })?;
+        let request = request.header(reqwest::header::ACCEPT, CONTENT_TYPE);
+        let again = request.try_clone();
+        let unavailable = |e: reqwest::Error| RegistryError::Unavailable {
+            url: e.url().map(ToString::to_string).unwrap_or_default(),
+            reason: e.to_string(),
+        };
+        let response = match (request.send().await, again) {
+            (Ok(response), _) => response,
+            // A pooled connection the registry closed while it was being reused (seen with
+            // Apicurio under load: the request never reached it). Every call of this client
+            // is idempotent (reads, config puts, registering a schema), so it is sent once
+            // more, on a fresh connection.
+            (Err(e), Some(again)) if e.is_request() || e.is_connect() => {
+                again.send().await.map_err(unavailable)?
+            }
+            (Err(e), _) => return Err(unavailable(e)),
+        };
         let status = response.status();
         let url = response.url().to_string();
         let body = response
