@@ -214,6 +214,13 @@ pub async fn read_models(
         "Metrics at http://{0}/metrics, health at http://{0}/health/ready.",
         server.local_addr()
     );
+    let env = ReadModelEnv {
+        kafka: config.kafka.client_config(),
+        session,
+        keyspace: config.cql.keyspace.clone(),
+        codec,
+        config: config.processors.clone(),
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for name in names {
         let topics = ProcessorTopics::from_desired(&desired, name)
@@ -221,58 +228,35 @@ pub async fn read_models(
         let metrics =
             ProcessorMetrics::new(name, &registry).map_err(|e| RunError::Metrics(e.to_string()))?;
         let part = health.part(name);
-        let kafka = config.kafka.client_config();
-        let keyspace = config.cql.keyspace.clone();
-        let loop_config = config.processors.clone();
-        let (session, codec, stopped) = (Arc::clone(&session), Arc::clone(&codec), stopped.clone());
+        let shutdown = until_stopped(stopped.clone());
+        let env = env.clone();
         match *name {
-            "nutrition" => {
-                let projection = Arc::new(NutritionProjection::new());
-                tasks.spawn(read_model(
-                    projection,
-                    kafka,
-                    topics,
-                    session,
-                    keyspace,
-                    codec,
-                    loop_config,
-                    metrics,
-                    part,
-                    until_stopped(stopped),
-                ));
-            }
-            "quests" => {
-                let projection = Arc::new(QuestsProjection::new());
-                tasks.spawn(read_model(
-                    projection,
-                    kafka,
-                    topics,
-                    session,
-                    keyspace,
-                    codec,
-                    loop_config,
-                    metrics,
-                    part,
-                    until_stopped(stopped),
-                ));
-            }
-            "engagement" => {
-                let projection = Arc::new(EngagementProjection::new());
-                tasks.spawn(read_model(
-                    projection,
-                    kafka,
-                    topics,
-                    session,
-                    keyspace,
-                    codec,
-                    loop_config,
-                    metrics,
-                    part,
-                    until_stopped(stopped),
-                ));
-            }
+            "nutrition" => tasks.spawn(read_model(
+                Arc::new(NutritionProjection::new()),
+                env,
+                topics,
+                metrics,
+                part,
+                shutdown,
+            )),
+            "quests" => tasks.spawn(read_model(
+                Arc::new(QuestsProjection::new()),
+                env,
+                topics,
+                metrics,
+                part,
+                shutdown,
+            )),
+            "engagement" => tasks.spawn(read_model(
+                Arc::new(EngagementProjection::new()),
+                env,
+                topics,
+                metrics,
+                part,
+                shutdown,
+            )),
             other => return Err(RunError::UnknownProcessor(other.to_owned())),
-        }
+        };
     }
     let mut shutdown = std::pin::pin!(shutdown);
     let mut outcome = Ok(());
@@ -307,20 +291,32 @@ pub async fn read_models(
     outcome
 }
 
-/// One read-model processor: prepares its statements and runs the loop.
-#[allow(clippy::too_many_arguments)]
-async fn read_model<P: Projection>(
-    projection: Arc<P>,
+/// What every read-model processor of one process shares.
+#[derive(Clone)]
+struct ReadModelEnv {
     kafka: rdkafka::ClientConfig,
-    topics: ProcessorTopics,
     session: Arc<Session>,
     keyspace: String,
     codec: Arc<Codec<ConfluentRegistry>>,
     config: dietstream_runtime::LoopConfig,
+}
+
+/// One read-model processor: prepares its statements and runs the loop.
+async fn read_model<P: Projection>(
+    projection: Arc<P>,
+    env: ReadModelEnv,
+    topics: ProcessorTopics,
     metrics: ProcessorMetrics,
     health: Health,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let ReadModelEnv {
+        kafka,
+        session,
+        keyspace,
+        codec,
+        config,
+    } = env;
     let name = projection.name();
     let store = Store::prepare(session, projection.as_ref(), &keyspace).await?;
     health.set_ready();

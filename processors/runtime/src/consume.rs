@@ -943,13 +943,8 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
                     written
                 })
                 .collect();
-            let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
-                .buffer_unordered(shared.config.max_in_flight)
-                .collect()
-                .await;
-            results
-                .into_iter()
-                .collect::<Result<(), StoreError>>()
+            all_done(writes, shared.config.max_in_flight)
+                .await
                 .map_err(Failure::Store)?;
             let saves: Vec<_> = work
                 .states
@@ -963,13 +958,8 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
                     saved
                 })
                 .collect();
-            let results: Vec<Result<(), StoreError>> = futures::stream::iter(saves)
-                .buffer_unordered(shared.config.max_in_flight)
-                .collect()
-                .await;
-            results
-                .into_iter()
-                .collect::<Result<(), StoreError>>()
+            all_done(saves, shared.config.max_in_flight)
+                .await
                 .map_err(Failure::Store)?;
             debug!(source = %work.source, rows = work.rows.len(), states = work.states.len(), took = ?started.elapsed(), "Partition work written.");
             Ok::<(), Failure>(())
@@ -1038,6 +1028,18 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
         rewind_to: work.rewind_to,
         retries,
     })
+}
+
+/// Runs `writes` with at most `limit` in flight; the first error, once all have ended.
+async fn all_done<F>(writes: Vec<F>, limit: usize) -> Result<(), StoreError>
+where
+    F: Future<Output = Result<(), StoreError>>,
+{
+    let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
+        .buffer_unordered(limit)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 /// A failed write step.
