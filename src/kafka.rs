@@ -60,6 +60,15 @@ impl GroupLag {
             .map(|(_, _, committed, end)| (end - committed.unwrap_or(0)).max(0))
             .sum()
     }
+
+    /// Committed offsets summed over the partitions (none committed counts as 0): how many
+    /// records the group has processed since the topics began, up to deleted starts.
+    pub fn committed_total(&self) -> i64 {
+        self.partitions
+            .iter()
+            .map(|(_, _, committed, _)| committed.unwrap_or(0))
+            .sum()
+    }
 }
 
 /// The lag of `group` on `topics`, read from the brokers without joining the group: its

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connect;
 pub mod contract;
 pub mod kafka;
+pub mod progress;
 pub mod query;
 pub mod roundtrip;
 pub mod run;

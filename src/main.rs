@@ -69,13 +69,19 @@ enum Command {
     /// Consumer lag of each processor's group (records between its committed offsets and the
     /// ends of the topics it reads).
     Lag {
-        /// Only this processor (as named in topology/topology.toml, e.g. `indexer`).
+        /// Only these processors (as named in topology/topology.toml, e.g. `indexer`;
+        /// repeat the option for more than one).
         #[arg(long)]
-        processor: Option<String>,
+        processor: Vec<String>,
         /// Wait until every listed group has lag 0, at most this long (e.g. 60s); exit 1 if
         /// it does not get there.
         #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
         wait: Option<std::time::Duration>,
+        /// Print a progress table (committed records, records/s, lag, ETA per processor) at
+        /// this interval (e.g. 2s): until every group has lag 0 with --wait, else until
+        /// stopped.
+        #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+        watch: Option<std::time::Duration>,
     },
     /// Ask the event store: a player's progress or nutrition, an aggregate's events. Reads the
     /// indexer's tables, so what the indexer has not read yet is missing.
@@ -340,7 +346,11 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Run { processor } => run_processor(processor, &config),
         Command::Query { command } => query(command, &config),
-        Command::Lag { processor, wait } => lag(&config, processor.as_deref(), wait),
+        Command::Lag {
+            processor,
+            wait,
+            watch,
+        } => lag(&config, &processor, wait, watch),
         Command::Migrate => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(dietstream::run::migrate(&config))?;
@@ -676,24 +686,37 @@ fn query(command: QueryCommand, config: &Config) -> anyhow::Result<ExitCode> {
 
 fn lag(
     config: &Config,
-    processor: Option<&str>,
+    processors: &[String],
     wait: Option<std::time::Duration>,
+    watch: Option<std::time::Duration>,
 ) -> anyhow::Result<ExitCode> {
+    use dietstream::progress;
+    use std::time::{Duration, Instant};
+
+    if watch.is_some_and(|w| w.is_zero()) {
+        bail!("--watch must be longer than 0s");
+    }
     let desired =
         Topology::embedded()?.resolve(config.topology.profile, &config.topology.prefix)?;
     let consumers: Vec<_> = desired
         .consumers
         .iter()
-        .filter(|c| processor.is_none_or(|p| c.processor == p))
+        .filter(|c| processors.is_empty() || processors.contains(&c.processor))
         .collect();
-    if consumers.is_empty() {
-        bail!("no processor {processor:?} in the topology");
+    if let Some(unknown) = processors
+        .iter()
+        .find(|p| !consumers.iter().any(|c| &c.processor == *p))
+    {
+        bail!("no processor {unknown:?} in the topology");
     }
     let client = config.kafka.client_config();
-    let deadline = wait.map(|w| std::time::Instant::now() + w);
+    let started = Instant::now();
+    let deadline = wait.map(|w| started + w);
+    let mut previous: (Instant, Vec<progress::Sample>) = (Instant::now(), Vec::new());
+    let mut next_table = Instant::now();
     loop {
-        let mut total = 0;
         let mut lines = Vec::new();
+        let mut samples = Vec::new();
         for c in &consumers {
             let lag = dietstream::kafka::group_lag(
                 &client,
@@ -701,7 +724,6 @@ fn lag(
                 &c.reads,
                 config.kafka.request_timeout,
             )?;
-            total += lag.total();
             lines.push(format!(
                 "{:<12} {:<40} lag {:>8} over {} partitions",
                 c.processor,
@@ -709,10 +731,28 @@ fn lag(
                 lag.total(),
                 lag.partitions.len()
             ));
+            samples.push(progress::Sample {
+                processor: c.processor.clone(),
+                committed: lag.committed_total(),
+                lag: lag.total(),
+            });
         }
-        let caught_up = total == 0 || deadline.is_none();
-        if caught_up || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-            lines.iter().for_each(|l| println!("{l}"));
+        let total: i64 = samples.iter().map(|s| s.lag).sum();
+        let now = Instant::now();
+        let caught_up = (total == 0 && wait.is_some()) || (wait.is_none() && watch.is_none());
+        let finished = caught_up || deadline.is_some_and(|d| now >= d);
+        // The last table is printed whenever the watch ends, so it shows the final state.
+        if let Some(interval) = watch.filter(|_| now >= next_table || finished) {
+            println!("{}", progress::header(now - started));
+            let rows = progress::rows(&previous.1, &samples, now - previous.0);
+            rows.iter().for_each(|r| println!("{r}"));
+            previous = (now, samples);
+            next_table = now + interval;
+        }
+        if finished {
+            if watch.is_none() {
+                lines.iter().for_each(|l| println!("{l}"));
+            }
             if caught_up {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -720,6 +760,10 @@ fn lag(
             return Ok(ExitCode::FAILURE);
         }
         // Polling the brokers: committed offsets move by auto-commit or transaction commit.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        let pause = Duration::from_millis(500);
+        std::thread::sleep(match watch {
+            Some(_) => pause.min(next_table.saturating_duration_since(Instant::now())),
+            None => pause,
+        });
     }
 }

@@ -924,9 +924,19 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
                 send_letter(&shared, &work.letters[letters_sent], retries).await?;
                 letters_sent += 1;
             }
-            while commands_sent < work.commands.len() {
-                send_command(&shared, &work.commands[commands_sent]).await?;
-                commands_sent += 1;
+            if commands_sent < work.commands.len() {
+                // Encoded in order first (a registry lookup may wait), then all enqueued in
+                // order and awaited together: the idempotent producer keeps their order within
+                // a partition, and the batch costs one round trip instead of one per command
+                // (the quest processor sends thousands in a catch-up). After a failure the
+                // retry resends from the first command not acknowledged (a later one that was
+                // delivered anyway is then sent twice; commands carry ids derived from their
+                // cause for that).
+                let mut encoded = Vec::with_capacity(work.commands.len() - commands_sent);
+                for command in &work.commands[commands_sent..] {
+                    encoded.push(encode_command(&shared, command).await?);
+                }
+                send_commands(&shared, &encoded, &mut commands_sent).await?;
             }
             let started = Instant::now();
             // Collected first: a stream holding the mapping closure would not be `Send` (a
@@ -1117,44 +1127,96 @@ async fn send_letter<P: Projection, R>(
     Ok(())
 }
 
-async fn send_command<P: Projection, R: SchemaRegistry>(
-    shared: &Shared<P, R>,
-    command: &Command,
-) -> Result<(), Failure> {
+/// A command ready to send: its topic, partition, key and encoded value.
+struct EncodedCommand<'a> {
+    topic: &'a str,
+    partition: i32,
+    aggregate_id: &'a str,
+    record_type: &'static str,
+    payload: Vec<u8>,
+}
+
+async fn encode_command<'a, P: Projection, R: SchemaRegistry>(
+    shared: &'a Shared<P, R>,
+    command: &'a Command,
+) -> Result<EncodedCommand<'a>, Failure> {
     let Some((topic, partitions)) = &shared.topics.commands else {
         return Err(Failure::Encode(format!(
             "processor {} sends commands but the topology gives it no command topic to write",
             shared.topics.processor
         )));
     };
-    let header = command.header();
-    let aggregate_id = header.aggregate_id.as_str();
+    let aggregate_id = command.header().aggregate_id.as_str();
     let payload = command
         .encode(&shared.codec, topic)
         .await
         .map_err(|e| Failure::Encode(e.to_string()))?;
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: RECORD_TYPE_HEADER,
-            value: Some(command.record_type()),
-        })
-        .insert(Header {
-            key: SOURCE,
-            value: Some(shared.topics.processor.as_str()),
-        })
-        .insert(Header {
-            key: ROUTING_KEY,
-            value: Some(aggregate_id),
-        });
-    let record = FutureRecord::to(topic)
-        .key(aggregate_id)
-        .payload(&payload)
-        .partition(partition_for(aggregate_id, *partitions))
-        .headers(headers);
-    shared
-        .producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map(drop)
-        .map_err(|(error, _)| Failure::Kafka(error))
+    Ok(EncodedCommand {
+        topic,
+        partition: partition_for(aggregate_id, *partitions),
+        aggregate_id,
+        record_type: command.record_type(),
+        payload,
+    })
+}
+
+/// Enqueues `commands` in order and waits for their acknowledgements, adding to `acknowledged`
+/// the leading ones acknowledged (also when one fails). A full producer queue is waited out by
+/// awaiting what is in flight, so the enqueue order (the order within a partition) holds.
+async fn send_commands<P: Projection, R: SchemaRegistry>(
+    shared: &Shared<P, R>,
+    commands: &[EncodedCommand<'_>],
+    acknowledged: &mut usize,
+) -> Result<(), Failure> {
+    let mut in_flight = Vec::new();
+    for command in commands {
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: RECORD_TYPE_HEADER,
+                    value: Some(command.record_type),
+                })
+                .insert(Header {
+                    key: SOURCE,
+                    value: Some(shared.topics.processor.as_str()),
+                })
+                .insert(Header {
+                    key: ROUTING_KEY,
+                    value: Some(command.aggregate_id),
+                });
+            let record = FutureRecord::to(command.topic)
+                .key(command.aggregate_id)
+                .payload(&command.payload)
+                .partition(command.partition)
+                .headers(headers);
+            match shared.producer.send_result(record) {
+                Ok(delivery) => {
+                    in_flight.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if !in_flight.is_empty() =>
+                {
+                    acknowledge(std::mem::take(&mut in_flight), acknowledged).await?;
+                }
+                Err((error, _)) => return Err(Failure::Kafka(error)),
+            }
+        }
+    }
+    acknowledge(in_flight, acknowledged).await
+}
+
+/// Awaits deliveries in order, counting them in `acknowledged` up to the first failure.
+async fn acknowledge(
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    acknowledged: &mut usize,
+) -> Result<(), Failure> {
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => *acknowledged += 1,
+            Ok(Err((error, _))) => return Err(Failure::Kafka(error)),
+            Err(_canceled) => return Err(Failure::Kafka(KafkaError::Canceled)),
+        }
+    }
+    Ok(())
 }
