@@ -23,7 +23,7 @@ use super::*;
 use crate::rules::{
     confidence, evaluate, median, robust_z, DayTotals, Window, MACRO_MARGIN, WINDOW_DAYS,
 };
-use crate::state::{Acceptance, KEPT_DAYS};
+use crate::state::{Acceptance, FEEDBACK_DAYS, KEPT_DAYS};
 use crate::tables::{ACCEPTANCE_ALL_USERS, ACCEPTANCE_BY_USER, INSIGHTS_BY_USER};
 
 const USER_TOPIC: &str = "diet.events.user";
@@ -591,6 +591,105 @@ fn state_keeps_only_the_days_the_rules_need() {
     ));
     let (later, _) = given(USER_TOPIC, &events);
     assert_eq!(later.diet.meals, state.diet.meals);
+}
+
+#[test]
+fn a_day_far_from_the_users_usual_energy_is_an_unusual_day() {
+    // Fourteen days of 1900, 2000 or 2100 kcal (median 2000, MAD 100), then 6000 kcal in two
+    // meals on Monday; Tuesday's meal closes Monday.
+    let balanced = |kcal: f64| (kcal, kcal * 0.05, kcal * 0.125, kcal * 0.03);
+    let mut events = Vec::new();
+    for d in 0..14 {
+        let n = 100 + d as u128;
+        let kcal = [1900.0, 2000.0, 2100.0][d % 3];
+        events.push(meal_logged(
+            "u1",
+            n,
+            n,
+            at(MONDAY - 14 + d as i32, 12),
+            balanced(kcal),
+        ));
+    }
+    events.push(meal_logged("u1", 200, 200, at(MONDAY, 8), balanced(3000.0)));
+    events.push(meal_logged(
+        "u1",
+        201,
+        201,
+        at(MONDAY, 19),
+        balanced(3000.0),
+    ));
+    let (_, effects) = given(USER_TOPIC, &events);
+    assert_eq!(sent(&effects), [], "no day of the fourteen is unusual");
+
+    events.push(meal_logged(
+        "u1",
+        202,
+        202,
+        at(MONDAY + 1, 12),
+        balanced(2000.0),
+    ));
+    let (_, effects) = given(USER_TOPIC, &events);
+    let last = effects.last().expect("effects");
+    let [Command::CreateInsight(c)] = last.commands.as_slice() else {
+        panic!("{:?}", last.commands);
+    };
+    assert_eq!(
+        c.payload.insight_id,
+        insight_id("u1", Rule::UnusualDay, MONDAY)
+    );
+    assert_eq!(c.payload.insight_kind, InsightKind::HabitPattern);
+    assert_eq!(
+        (c.payload.period_start, c.payload.period_end),
+        (MONDAY, MONDAY)
+    );
+    // Fourteen days of history: full coverage; z 27 is far past 3.5.
+    assert_eq!(c.payload.confidence, 1.0);
+    assert!(
+        c.payload.body.contains("you ate 6000 kcal"),
+        "{}",
+        c.payload.body
+    );
+    assert!(c
+        .payload
+        .body
+        .contains("on the 14 days with meals before it"));
+    assert!(c.payload.body.contains("your median was 2000 kcal"));
+    assert!(c.payload.body.contains("robust z-score is 27.0"));
+    assert_eq!(
+        c.payload.evidence_event_ids,
+        [
+            Uuid::from_u128(0xe000_0000 + 200),
+            Uuid::from_u128(0xe000_0000 + 201)
+        ]
+    );
+}
+
+#[test]
+fn feedback_on_an_insight_older_than_the_record_counts_as_unknown() {
+    let mut later = insight_created("u1", 2, 0x12, InsightKind::MealTiming);
+    if let Event::AiInsightCreated(e) = &mut later {
+        e.payload.period_end = NEW_YEAR_DAY + FEEDBACK_DAYS + 1;
+    }
+    let (state, _) = given(
+        AI_TOPIC,
+        &[
+            insight_created("u1", 1, 0x11, InsightKind::Hydration),
+            later,
+            feedback("u1", 3, 0x11, FeedbackTargetKind::Insight, 5, None),
+            feedback("u1", 4, 0x12, FeedbackTargetKind::Insight, 5, None),
+        ],
+    );
+    assert_eq!(state.coaching.insights.len(), 1);
+    let a = &state.coaching.acceptance;
+    assert_eq!(
+        (
+            a[&InsightKind::Hydration].shown,
+            a[&InsightKind::Hydration].feedback
+        ),
+        (1, 0)
+    );
+    assert_eq!(a[&InsightKind::Unknown].accepted, 1);
+    assert_eq!(a[&InsightKind::MealTiming].accepted, 1);
 }
 
 fn figures_row(effects: &Effects, table: &str) -> (Vec<CqlValue>, Vec<Option<CqlValue>>) {
