@@ -177,47 +177,47 @@ fn create_insight(
 /// ending on that day is judged and what the rules find (once per rule and period) is stored
 /// and sent.
 fn apply_diet(user: &str, diet: &mut UserDiet, event: &Event) -> Result<Effects, RuleError> {
+    // Everything is checked before the state changes: on Err it is untouched.
     let Some(change) = DietChange::of(event)? else {
         return Ok(Effects::default());
     };
-    let mut next = diet.clone();
-    let closed = change.day().and_then(|day| next.advance(day));
+    let closed = change.day().and_then(|day| diet.advance(day));
     match change {
         DietChange::Meal(id, meal) => {
-            next.meals.remove(&id);
-            if next.keeps(meal.day) {
-                next.meals.insert(id, meal);
+            diet.meals.remove(&id);
+            if diet.keeps(meal.day) {
+                diet.meals.insert(id, meal);
             }
         }
         DietChange::MealDeleted(id) => {
-            next.meals.remove(&id);
+            diet.meals.remove(&id);
         }
         DietChange::Water(day, ml) => {
-            if next.keeps(day) {
-                let water = next.water.entry(day).or_default();
+            if diet.keeps(day) {
+                let water = diet.water.entry(day).or_default();
                 water.ml += ml;
                 water.event_ids.push(event.header().event_id);
             }
         }
-        DietChange::Goal(goal) => next.set_goal(goal),
+        DietChange::Goal(goal) => diet.set_goal(goal),
     }
     let mut effects = Effects::default();
     if let Some(end) = closed {
         let header = event.header();
-        for finding in rules::evaluate(&next.window(end)) {
+        for finding in rules::evaluate(&diet.window(end)) {
             let rule = finding.rule;
             let period = rule.period(end);
-            if next
+            if diet
                 .last_period
                 .get(rule.name())
                 .is_some_and(|p| *p >= period)
             {
                 continue;
             }
-            next.last_period.insert(rule.name().to_owned(), period);
+            diet.last_period.insert(rule.name().to_owned(), period);
             let id = insight_id(user, rule, period);
             let span = (rule.data_start(end), end);
-            let evidence = next.evidence(rule, end);
+            let evidence = diet.evidence(rule, end);
             let drawn = Drawn {
                 user,
                 insight_id: id,
@@ -231,8 +231,7 @@ fn apply_diet(user: &str, diet: &mut UserDiet, event: &Event) -> Result<Effects,
                 .push(create_insight(header, user, id, span, &finding, evidence));
         }
     }
-    next.prune();
-    *diet = next;
+    diet.prune();
     Ok(effects)
 }
 
@@ -244,7 +243,7 @@ fn apply_coaching(
     coaching: &mut Coaching,
     event: &Event,
 ) -> Result<Effects, RuleError> {
-    let mut next = coaching.clone();
+    // Each arm checks the event before it changes the state: on Err it is untouched.
     let kind = match event {
         Event::AiInsightCreated(e) => {
             let p = &e.payload;
@@ -254,15 +253,15 @@ fn apply_coaching(
                     p.confidence
                 )));
             }
-            next.insights.insert(
+            coaching.insights.insert(
                 p.insight_id,
                 Confirmed {
                     kind: p.insight_kind,
                     period_end: p.period_end,
                 },
             );
-            next.acceptance.entry(p.insight_kind).or_default().shown += 1;
-            next.prune();
+            coaching.acceptance.entry(p.insight_kind).or_default().shown += 1;
+            coaching.prune();
             p.insight_kind
         }
         Event::AiFeedbackReceived(e) => {
@@ -273,11 +272,11 @@ fn apply_coaching(
             if !(1..=5).contains(&p.rating) {
                 return Err(rule(format!("rating must be 1 to 5, got {}", p.rating)));
             }
-            let kind = next
+            let kind = coaching
                 .insights
                 .get(&p.target_id)
                 .map_or(InsightKind::Unknown, |i| i.kind);
-            let figures = next.acceptance.entry(kind).or_default();
+            let figures = coaching.acceptance.entry(kind).or_default();
             figures.feedback += 1;
             figures.rating_sum += i64::from(p.rating);
             let accepted = p.helpful.unwrap_or(p.rating >= 4);
@@ -288,14 +287,13 @@ fn apply_coaching(
         }
         _ => return Ok(Effects::default()),
     };
-    let rows = next
+    let rows = coaching
         .acceptance
         .get(&kind)
         .map(|a| tables::acceptance_rows(user, partition, kind, a))
         .into_iter()
         .flatten()
         .collect::<Vec<Row>>();
-    *coaching = next;
     Ok(Effects {
         rows,
         commands: Vec::new(),
