@@ -278,14 +278,19 @@ async fn insights_are_drawn_sent_confirmed_and_rated() {
     ]
     .into_iter()
     .collect();
-    // Every insight confirmed by the AI aggregate and counted as shown.
-    until("four insights shown", &models, || async {
+    // Every insight stored (the runtime sends a batch's commands before it writes its rows),
+    // confirmed by the AI aggregate and counted as shown.
+    until("four insights stored and shown", &models, || async {
+        let mut stored = 0;
+        for user in [&low, &night, &steady] {
+            stored += insights(&session, &ks, user).await.len();
+        }
         let shown: i64 = acceptance(&session, &ks)
             .await
             .values()
             .map(|(f, _)| f[0])
             .sum();
-        shown == 4
+        stored == 4 && shown == 4
     })
     .await;
 
