@@ -1214,3 +1214,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn states_survive_the_state_tables_json() {
+    // The runtime stores each entity's state as JSON and reads it back on assignment.
+    let (diet, _) = given(USER_TOPIC, &low_energy_week());
+    let (coaching, _) = given(
+        AI_TOPIC,
+        &[
+            insight_created("u1", 1, 0x11, InsightKind::Hydration),
+            feedback("u1", 2, 0x11, FeedbackTargetKind::Insight, 4, None),
+            feedback("u1", 3, 0x99, FeedbackTargetKind::Insight, 2, None),
+        ],
+    );
+    assert!(!diet.diet.last_period.is_empty() && !coaching.coaching.acceptance.is_empty());
+    for state in [diet, coaching] {
+        let json = serde_json::to_vec(&state).expect("serialises");
+        let back: InsightsState = serde_json::from_slice(&json).expect("deserialises");
+        assert_eq!(back, state);
+    }
+}
