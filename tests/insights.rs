@@ -1,8 +1,9 @@
 //! The insights processor end to end on the real stack: a known history of goals, meals and
 //! water for three players goes through the command processor, `run insights` draws the
 //! insights it should (and none for the steady player), the command processor appends an
-//! `ai.insight.created` for each, feedback sent with `RecordFeedback` turns into the
-//! acceptance figures per user and summed across users, and every documented query runs.
+//! `ai.insight.created` for each, the processor restarts with its state from the state table,
+//! feedback sent with `RecordFeedback` turns into the acceptance figures per user and summed
+//! across users, and every documented query runs.
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::commands::{header, register};
 use common::Stack;
 use dietstream::bus::{CommandBus, CommandOutcome};
+use dietstream::config::Config;
 use dietstream_insights::rules::Rule;
 use dietstream_schemas::types::{
     AggregateType, CommandHeader, CreateInsight, CreateInsightPayload, FeedbackTargetKind,
@@ -253,11 +255,14 @@ async fn insights_are_drawn_sent_confirmed_and_rated() {
         let config = config.clone();
         async move { dietstream::run::commands(&config, commands_stopped).await }
     });
-    let (stop_models, models_stopped) = shutdown();
-    let models = tokio::spawn({
-        let config = config.clone();
-        async move { dietstream::run::read_models(&config, &["insights"], models_stopped).await }
-    });
+    let start_insights = |config: Config| {
+        let (stop, stopped) = shutdown();
+        let task = tokio::spawn(async move {
+            dietstream::run::read_models(&config, &["insights"], stopped).await
+        });
+        (stop, task)
+    };
+    let (stop_models, models) = start_insights(config.clone());
 
     let bus = CommandBus::from_config(&config, "test").await.expect("bus");
     let low = format!("{}-low", stack.prefix);
@@ -400,6 +405,15 @@ async fn insights_are_drawn_sent_confirmed_and_rated() {
         Some(RejectionReason::RuleViolation),
         "{outcome:?}"
     );
+
+    // The processor restarts: its entities' state comes back from the state table, so the
+    // feedback below adds to the figures instead of starting them again.
+    stop_models.send(()).expect("processor running");
+    models
+        .await
+        .expect("processor task")
+        .expect("processor stopped cleanly");
+    let (stop_models, models) = start_insights(config.clone());
 
     // Feedback: accepted (a 5), rejected (not helpful), accepted (helpful) then rejected (a
     // 1), neither (a 3 without an answer).
