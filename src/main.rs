@@ -156,8 +156,8 @@ enum QueryCommand {
     },
     /// A player's rows in a read-model table (one JSON object per row): nutrition_user_daily,
     /// nutrition_user_weekly, nutrition_user_monthly, engagement_users,
-    /// engagement_user_sessions, engagement_user_social, quests_by_user or quests_user_totals.
-    /// The tables are documented in
+    /// engagement_user_sessions, engagement_user_social, quests_by_user, quests_user_totals,
+    /// insights_by_user or insight_acceptance_by_user. The tables are documented in
     /// processors/<processor>/README.md.
     Rows {
         /// The table.
@@ -211,6 +211,9 @@ enum Processor {
     /// Quest progression: starts, progresses and completes the catalogue's quests by
     /// sending commands, and tracks every quest per user.
     Quests,
+    /// AI insight: draws insights from rolling windows of each user's meals and water, sends
+    /// them as commands, and keeps per-kind acceptance figures from the feedback.
+    Insights,
     /// Every read-model processor in this process, with one metrics endpoint.
     All,
 }
@@ -389,11 +392,16 @@ fn run_processor(processor: Processor, config: &Config) -> anyhow::Result<ExitCo
             ))?;
             eprintln!("indexer stopped: offsets committed");
         }
-        Processor::Nutrition | Processor::Engagement | Processor::Quests | Processor::All => {
+        Processor::Nutrition
+        | Processor::Engagement
+        | Processor::Quests
+        | Processor::Insights
+        | Processor::All => {
             let names: Vec<&str> = match processor {
                 Processor::Nutrition => vec!["nutrition"],
                 Processor::Engagement => vec!["engagement"],
                 Processor::Quests => vec!["quests"],
+                Processor::Insights => vec!["insights"],
                 _ => dietstream::run::READ_MODELS.to_vec(),
             };
             runtime.block_on(dietstream::run::read_models(

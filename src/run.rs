@@ -10,6 +10,7 @@ use dietstream_topology::{Topology, TopologyError};
 use scylla::client::session::Session;
 
 use dietstream_engagement::EngagementProjection;
+use dietstream_insights::InsightsProjection;
 use dietstream_nutrition::NutritionProjection;
 use dietstream_quests::QuestsProjection;
 use dietstream_runtime::consume::{self, Parts, ProcessorTopics};
@@ -172,13 +173,14 @@ pub async fn indexer(
 }
 
 /// The read-model processors `dietstream run` can start, by name.
-pub const READ_MODELS: [&str; 3] = ["nutrition", "engagement", "quests"];
+pub const READ_MODELS: [&str; 4] = ["nutrition", "engagement", "quests", "insights"];
 
 /// Creates the tables of every read-model processor (and their state tables). Idempotent.
 pub async fn migrate_read_models(session: &Session, keyspace: &str) -> Result<(), RunError> {
     dietstream_runtime::store::migrate(session, &NutritionProjection::new(), keyspace).await?;
     dietstream_runtime::store::migrate(session, &EngagementProjection::new(), keyspace).await?;
     dietstream_runtime::store::migrate(session, &QuestsProjection::new(), keyspace).await?;
+    dietstream_runtime::store::migrate(session, &InsightsProjection::new(), keyspace).await?;
     Ok(())
 }
 
@@ -241,6 +243,14 @@ pub async fn read_models(
             )),
             "quests" => tasks.spawn(read_model(
                 Arc::new(QuestsProjection::new()),
+                env,
+                topics,
+                metrics,
+                part,
+                shutdown,
+            )),
+            "insights" => tasks.spawn(read_model(
+                Arc::new(InsightsProjection::new()),
                 env,
                 topics,
                 metrics,
@@ -341,7 +351,7 @@ async fn read_model<P: Projection>(
 }
 
 /// The read-model tables keyed by `user_id` first, which `dietstream query rows` shows.
-pub const PER_USER_TABLES: [&str; 8] = [
+pub const PER_USER_TABLES: [&str; 10] = [
     "nutrition_user_daily",
     "nutrition_user_weekly",
     "nutrition_user_monthly",
@@ -350,6 +360,8 @@ pub const PER_USER_TABLES: [&str; 8] = [
     "engagement_user_social",
     "quests_by_user",
     "quests_user_totals",
+    "insights_by_user",
+    "insight_acceptance_by_user",
 ];
 
 /// A user's rows of one of [`PER_USER_TABLES`], each as a JSON object (CQL `SELECT JSON`).

@@ -12,14 +12,20 @@ pub mod commands;
 #[cfg(feature = "containers")]
 mod containers;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dietstream::config::Config;
+use dietstream_schemas::catalog::Catalog;
+use dietstream_schemas::codec::Codec;
+use dietstream_schemas::Event;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, FutureProducer, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use scylla::client::session::Session;
 
 /// A reachable stack and the configuration that reaches it.
@@ -189,4 +195,61 @@ async fn check_reachable(config: &Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("CQL query on system.local: {e}"))?;
     Ok(())
+}
+
+/// How long [`events_of`] may take.
+const EVENTS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Every event of `topic` (read committed) with its partition, decoded, in log order per
+/// partition.
+pub async fn events_of(stack: &Stack, config: &Config, topic: &str) -> Vec<(i32, Event)> {
+    let codec = Codec::new(
+        config.schema_registry.registry().expect("registry"),
+        &Catalog::embedded().expect("catalog"),
+    )
+    .expect("codec");
+    let consumer: BaseConsumer = stack
+        .consumer_config()
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), EVENTS_TIMEOUT)
+        .expect("metadata");
+    let mut list = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for partition in metadata.topics()[0].partitions() {
+        list.add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .expect("partition");
+        let (_, end) = consumer
+            .fetch_watermarks(topic, partition.id(), EVENTS_TIMEOUT)
+            .expect("watermarks");
+        ends.insert(partition.id(), end);
+    }
+    consumer.assign(&list).expect("assign");
+    let mut records = Vec::new();
+    let deadline = Instant::now() + EVENTS_TIMEOUT;
+    loop {
+        let positions = consumer.position().expect("positions");
+        let done = positions.elements().iter().all(|e| match e.offset() {
+            Offset::Offset(at) => at >= ends[&e.partition()],
+            _ => ends[&e.partition()] == 0,
+        });
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{topic} not read in time");
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.expect("record");
+            if let Some(payload) = message.payload() {
+                records.push((message.partition(), payload.to_vec()));
+            }
+        }
+    }
+    let mut events = Vec::with_capacity(records.len());
+    for (partition, payload) in records {
+        let event = codec.decode_event(&payload).await.expect("event decodes");
+        events.push((partition, event));
+    }
+    events
 }

@@ -208,6 +208,14 @@ impl Change {
     }
 }
 
+/// Checks a nutrition event (`nutrition.meal.logged`, `.updated`, `.deleted`,
+/// `nutrition.water.logged`, `nutrition.goal.updated`) against the rules this processor
+/// applies: finite non-negative amounts, at least one item, positive water, representable
+/// times and dates. Other events pass. For processors that read the same events.
+pub fn check(event: &Event) -> Result<(), RuleError> {
+    Change::of(event).map(|_| ())
+}
+
 impl Projection for NutritionProjection {
     type State = UserNutrition;
 
