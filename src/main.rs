@@ -64,8 +64,24 @@ enum Command {
         #[arg(value_enum)]
         processor: Processor,
     },
-    /// Create the CQL keyspace (when missing) and every table dietstream owns; idempotent.
+    /// Create the CQL keyspace (when missing) and every table dietstream owns (read models: in
+    /// the generation that serves); idempotent.
     Migrate,
+    /// Rebuild a read model from the start of the log into new tables (`<table>_g<N>`) while
+    /// running processors keep serving the old ones; once caught up, make the new generation
+    /// the active one (running processors switch to it) and exit 0. Sends no commands.
+    Replay {
+        /// The read-model processor.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(dietstream::run::READ_MODELS))]
+        processor: String,
+        #[command(flatten)]
+        args: dietstream::replay::ReplayArgs,
+    },
+    /// A read-model processor's dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Consumer lag of each processor's group (records between its committed offsets and the
     /// ends of the topics it reads).
     Lag {
@@ -127,6 +143,32 @@ enum Command {
         /// Value of the dietstream.source header.
         #[arg(long, default_value = "simulator")]
         source: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// One line per dead letter not re-driven yet (DLQ partition@offset, original
+    /// topic[partition]@offset, timestamp, error class, message), read-only.
+    List {
+        /// The read-model processor.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(dietstream::run::READ_MODELS))]
+        processor: String,
+        /// One JSON object per line instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        filter: dietstream::dlq::Filter,
+    },
+    /// Check every dead letter not re-driven yet against today's registry and code, then
+    /// rebuild the read model (as `replay` does) so the records that now apply are applied in
+    /// their place; mark the letters re-driven. Records that still fail are dead-lettered again.
+    Replay {
+        /// The read-model processor.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(dietstream::run::READ_MODELS))]
+        processor: String,
+        #[command(flatten)]
+        args: dietstream::replay::ReplayArgs,
     },
 }
 
@@ -339,6 +381,19 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             simulate(&config, &source, options)
         }
         Command::Run { processor } => run_processor(processor, &config),
+        Command::Replay { processor, args } => {
+            let options = args.options(config.kafka.request_timeout);
+            let runtime = tokio::runtime::Runtime::new()?;
+            let summary = runtime.block_on(dietstream::replay::replay(
+                &config,
+                &processor,
+                &options,
+                &mut |line| eprintln!("{line}"),
+            ))?;
+            print!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command } => dlq(command, &config),
         Command::Query { command } => query(command, &config),
         Command::Lag { processor, wait } => lag(&config, processor.as_deref(), wait),
         Command::Migrate => {
@@ -351,6 +406,51 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    match command {
+        DlqCommand::List {
+            processor,
+            json,
+            filter,
+        } => {
+            let contents = runtime.block_on(dietstream::dlq::list(config, &processor))?;
+            let shown = filter.select(&contents.letters);
+            for letter in &shown {
+                if json {
+                    println!("{}", serde_json::to_string(letter)?);
+                } else {
+                    println!("{}", letter.line());
+                }
+            }
+            let pending = contents.letters.iter().filter(|l| !l.redriven).count();
+            eprintln!(
+                "{} shown; {} dead letter(s) of {processor}, {pending} not re-driven",
+                shown.len(),
+                contents.letters.len()
+            );
+        }
+        DlqCommand::Replay { processor, args } => {
+            let options = args.options(config.kafka.request_timeout);
+            let summary = runtime.block_on(dietstream::dlq::replay(
+                config,
+                &processor,
+                &options,
+                &mut |line| eprintln!("{line}"),
+            ))?;
+            if let Some(rebuild) = &summary.rebuild {
+                print!("{rebuild}");
+                println!(
+                    "{} dead letter(s) re-driven; those that still fail are dead-lettered again                      with generation {} (`dietstream dlq list {processor}`)",
+                    summary.checked.len(),
+                    rebuild.generation
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_processor(processor: Processor, config: &Config) -> anyhow::Result<ExitCode> {
