@@ -328,11 +328,7 @@ pub async fn rebuild<P: Projection>(
         config: env.config.clone(),
         metrics,
     };
-    let mut kafka = env.kafka.clone();
-    if kafka.get("auto.commit.interval.ms").is_none() {
-        // Catching up is seen in the committed offsets: commit them often.
-        kafka.set("auto.commit.interval.ms", "1000");
-    }
+    let kafka = env.kafka.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut running = tokio::spawn(async move {
         consume::run(parts, &kafka, async {

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::events::{generations_row, produce_event, table_rows, water, DAY_START, HOUR};
+use common::events::{generations_row, produce, produce_event, table_rows, water, DAY_START, HOUR};
 use common::Stack;
 use dietstream::replay::ReplayOptions;
 use dietstream_nutrition::NutritionProjection;
@@ -45,6 +45,31 @@ async fn members(consumer: &Arc<BaseConsumer>, group: &str) -> usize {
     })
     .await
     .expect("group list task")
+}
+
+/// The lines `dietstream dlq list nutrition <options>` prints for `config`'s prefix and
+/// keyspace (the stack's addresses come from the test's environment).
+async fn dlq_list(config: &dietstream::config::Config, options: &[&str]) -> Vec<String> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dietstream"));
+    command
+        .args(["dlq", "list", "nutrition"])
+        .args(options)
+        .env("DIETSTREAM_TOPOLOGY__PREFIX", &config.topology.prefix)
+        .env("DIETSTREAM_CQL__KEYSPACE", &config.cql.keyspace);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("dlq task")
+        .expect("dietstream runs");
+    assert!(
+        output.status.success(),
+        "dlq list failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,6 +122,18 @@ async fn a_rebuild_equals_the_live_tables_and_the_live_processor_switches_to_it(
         }
     }
 
+    // Bytes that are not the wire format: dead-lettered by every generation.
+    let garbage_user = format!("{}-garbage", stack.prefix);
+    produce(
+        &producer,
+        &topic,
+        partitions,
+        &garbage_user,
+        "nutrition.water.logged",
+        b"not avro",
+    )
+    .await;
+
     // Generation 0: the running processor reads everything.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let live = tokio::spawn({
@@ -131,6 +168,15 @@ async fn a_rebuild_equals_the_live_tables_and_the_live_processor_switches_to_it(
         live.await
     );
 
+    let listed = dlq_list(&config, &["--json"]).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let letter: serde_json::Value = serde_json::from_str(&listed[0]).expect("a JSON line");
+    assert_eq!(letter["error_class"], "bad_magic", "{letter}");
+    assert_eq!(letter["original_topic"], topic.as_str(), "{letter}");
+    assert_eq!(letter["processor"], "nutrition", "{letter}");
+    assert_eq!(letter["generation"], 0, "{letter}");
+    assert_eq!(letter["redriven"], false, "{letter}");
+
     // Generation 1, built while generation 0 keeps running.
     let mut lines = Vec::new();
     let options = ReplayOptions {
@@ -145,10 +191,13 @@ async fn a_rebuild_equals_the_live_tables_and_the_live_processor_switches_to_it(
     assert_eq!((summary.previous, summary.generation), (0, 1));
     assert_eq!(summary.group, format!("{group}.g1"));
     assert_eq!(summary.run.applied, 120, "{summary:?}");
-    assert_eq!(summary.run.dead_lettered, 0, "{summary:?}");
+    assert_eq!(summary.run.dead_lettered, 1, "{summary:?}");
+    let listed = dlq_list(&config, &["--class", "bad_magic"]).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed[1].ends_with("(generation 1)"), "{listed:?}");
     assert!(summary.progress_lines >= 1, "{lines:?}");
     assert!(
-        lines.iter().any(|l| l.contains(&format!("{topic} 120/"))
+        lines.iter().any(|l| l.contains(&format!("{topic} 121/121"))
             && l.contains("records/s")
             && l.contains("ETA")),
         "{lines:?}"
