@@ -56,6 +56,18 @@ pub enum ReplayError {
         /// How long it ran.
         waited: Duration,
     },
+    /// Another rebuild of the processor began while this one ran: this one is not made
+    /// active (the later one will be, when it catches up).
+    #[error(
+        "generation {generation} of {processor} caught up, but another rebuild began since; it \
+         is not made active. Run one rebuild of a processor at a time"
+    )]
+    Superseded {
+        /// The processor.
+        processor: String,
+        /// The generation this rebuild built.
+        generation: u32,
+    },
     /// The consume loop stopped before it caught up, without an error.
     #[error("the rebuild of {0} stopped before it caught up")]
     Stopped(String),
@@ -392,7 +404,12 @@ pub async fn rebuild<P: Projection>(
     // The loop committed synchronously on the way out and left the group: a running
     // processor that switches now joins it alone, at those offsets.
     let ended = offsets(env, &group, &topics.reads, options.request_timeout).await?;
-    generation::activate(session, keyspace, name, target, &tables, now_ms()).await?;
+    if !generation::activate(session, keyspace, name, target, &tables, now_ms()).await? {
+        return Err(ReplayError::Superseded {
+            processor: name.to_owned(),
+            generation: target,
+        });
+    }
     Ok(ReplaySummary {
         processor: name.to_owned(),
         generation: target,

@@ -302,6 +302,14 @@ async fn fixed_dead_letters_are_applied_in_a_rebuild_and_marked_redriven() {
     );
     let (active, building, _) = generations_row(&env.session, &env.keyspace, "capped").await;
     assert_eq!((active, building), (Some(2), None));
+    // A rebuild that is no longer the one being built cannot make itself active.
+    let stale =
+        dietstream_runtime::generation::activate(&env.session, &env.keyspace, "capped", 1, &[], 0)
+            .await
+            .expect("conditional update answers");
+    assert!(!stale);
+    let (active, _, _) = generations_row(&env.session, &env.keyspace, "capped").await;
+    assert_eq!(active, Some(2));
 
     // The three old letters are re-driven; the two that still fail wait again.
     let listed = read().await;

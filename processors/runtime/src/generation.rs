@@ -158,7 +158,9 @@ pub async fn begin(
 }
 
 /// Records that `generation` of `processor`, with these tables, serves from `now_ms` on; a
-/// running processor switches to it at its next look.
+/// running processor switches to it at its next look. A lightweight transaction: when
+/// `generation` is no longer the one being built (another rebuild began since), nothing
+/// changes and the answer is false.
 pub async fn activate(
     session: &Session,
     keyspace: &str,
@@ -166,23 +168,33 @@ pub async fn activate(
     generation: u32,
     tables: &[String],
     now_ms: i64,
-) -> Result<(), StoreError> {
-    session
+) -> Result<bool, StoreError> {
+    let rows = session
         .query_unpaged(
             format!(
                 "UPDATE {keyspace}.{GENERATIONS_TABLE} SET active = ?, building = null, \
-                 switched_at = ?, tables = ? WHERE processor = ?"
+                 switched_at = ?, tables = ? WHERE processor = ? IF building = ?"
             ),
             (
                 cql_generation(generation)?,
                 CqlTimestamp(now_ms),
                 tables.to_vec(),
                 processor,
+                cql_generation(generation)?,
             ),
         )
         .await
+        .map_err(|e| failed("save", e))?
+        .into_rows_result()
         .map_err(|e| failed("save", e))?;
-    Ok(())
+    // `[applied]` first, then (when not applied) the values the condition saw.
+    let row = rows
+        .first_row::<scylla::value::Row>()
+        .map_err(|e| failed("save", e))?;
+    Ok(matches!(
+        row.columns.first(),
+        Some(Some(scylla::value::CqlValue::Boolean(true)))
+    ))
 }
 
 /// The tables of `projection` in `generation`, its state table last.
