@@ -774,6 +774,46 @@ fn query(command: QueryCommand, config: &Config) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The group serving each consumer now: a read model's active generation (`<group>.g<N>`
+/// after a rebuild), the topology's group otherwise. When the generations cannot be read, the
+/// topology's groups, with a warning.
+fn serving_groups(
+    config: &Config,
+    consumers: &[&dietstream_topology::DesiredConsumer],
+) -> Vec<String> {
+    let topology_groups = || consumers.iter().map(|c| c.group.clone()).collect();
+    let read_models = |c: &&dietstream_topology::DesiredConsumer| {
+        dietstream::run::READ_MODELS.contains(&c.processor.as_str())
+    };
+    if !consumers.iter().any(read_models) {
+        return topology_groups();
+    }
+    let resolved = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let session = config.cql.session().await?;
+                let mut groups = Vec::with_capacity(consumers.len());
+                for c in consumers {
+                    groups.push(
+                        dietstream::read_model::serving_group(
+                            &session,
+                            &config.cql.keyspace,
+                            &c.processor,
+                            &c.group,
+                        )
+                        .await?,
+                    );
+                }
+                anyhow::Ok(groups)
+            })
+        });
+    resolved.unwrap_or_else(|error| {
+        eprintln!("warning: read-model generations not read ({error:#}); showing generation 0");
+        topology_groups()
+    })
+}
+
 fn lag(
     config: &Config,
     processor: Option<&str>,
@@ -789,15 +829,16 @@ fn lag(
     if consumers.is_empty() {
         bail!("no processor {processor:?} in the topology");
     }
+    let groups = serving_groups(config, &consumers);
     let client = config.kafka.client_config();
     let deadline = wait.map(|w| std::time::Instant::now() + w);
     loop {
         let mut total = 0;
         let mut lines = Vec::new();
-        for c in &consumers {
+        for (c, group) in consumers.iter().zip(&groups) {
             let lag = dietstream::kafka::group_lag(
                 &client,
-                &c.group,
+                group,
                 &c.reads,
                 config.kafka.request_timeout,
             )?;
@@ -805,7 +846,7 @@ fn lag(
             lines.push(format!(
                 "{:<12} {:<40} lag {:>8} over {} partitions",
                 c.processor,
-                c.group,
+                group,
                 lag.total(),
                 lag.partitions.len()
             ));

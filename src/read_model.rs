@@ -93,6 +93,21 @@ pub async fn active_table(
     Ok(None)
 }
 
+/// The consumer group serving `processor` now: for a read model, its active generation's
+/// (`<group>.g<N>` after a rebuild); for any other processor, the topology's `group`.
+pub async fn serving_group(
+    session: &Session,
+    keyspace: &str,
+    processor: &str,
+    group: &str,
+) -> Result<String, RunError> {
+    if !READ_MODELS.contains(&processor) {
+        return Ok(group.to_owned());
+    }
+    let active = generation::load(session, keyspace, processor).await?.active;
+    Ok(generation::group_id(group, active))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

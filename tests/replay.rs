@@ -47,22 +47,21 @@ async fn members(consumer: &Arc<BaseConsumer>, group: &str) -> usize {
     .expect("group list task")
 }
 
-/// The lines `dietstream dlq list nutrition <options>` prints for `config`'s prefix and
-/// keyspace (the stack's addresses come from the test's environment).
-async fn dlq_list(config: &dietstream::config::Config, options: &[&str]) -> Vec<String> {
+/// The lines `dietstream <arguments>` prints for `config`'s prefix and keyspace (the stack's
+/// addresses come from the test's environment).
+async fn dietstream(config: &dietstream::config::Config, arguments: &[&str]) -> Vec<String> {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dietstream"));
     command
-        .args(["dlq", "list", "nutrition"])
-        .args(options)
+        .args(arguments)
         .env("DIETSTREAM_TOPOLOGY__PREFIX", &config.topology.prefix)
         .env("DIETSTREAM_CQL__KEYSPACE", &config.cql.keyspace);
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
-        .expect("dlq task")
+        .expect("dietstream task")
         .expect("dietstream runs");
     assert!(
         output.status.success(),
-        "dlq list failed: {}",
+        "dietstream {arguments:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout)
@@ -70,6 +69,15 @@ async fn dlq_list(config: &dietstream::config::Config, options: &[&str]) -> Vec<
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// The lines `dietstream dlq list nutrition <options>` prints.
+async fn dlq_list(config: &dietstream::config::Config, options: &[&str]) -> Vec<String> {
+    let arguments: Vec<&str> = ["dlq", "list", "nutrition"]
+        .into_iter()
+        .chain(options.iter().copied())
+        .collect();
+    dietstream(config, &arguments).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,6 +285,14 @@ async fn a_rebuild_equals_the_live_tables_and_the_live_processor_switches_to_it(
     })
     .await;
     assert_eq!(lag(group.clone()).await, 3, "group 0 stopped at the switch");
+
+    let lag = dietstream(&config, &["lag", "--processor", "nutrition"]).await;
+    assert!(
+        lag.len() == 1
+            && lag[0].contains(&format!("{new_group} "))
+            && lag[0].contains("lag        0"),
+        "{lag:?}"
+    );
 
     stop.send(()).expect("processor running");
     live.await
