@@ -64,8 +64,24 @@ enum Command {
         #[arg(value_enum)]
         processor: Processor,
     },
-    /// Create the CQL keyspace (when missing) and every table dietstream owns; idempotent.
+    /// Create the CQL keyspace (when missing) and every table dietstream owns (read models: in
+    /// the generation that serves); idempotent.
     Migrate,
+    /// Rebuild a read model from the start of the log into new tables (`<table>_g<N>`) while
+    /// running processors keep serving the old ones; once caught up, make the new generation
+    /// the active one (running processors switch to it) and exit 0. Sends no commands.
+    Replay {
+        /// The read-model processor.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(dietstream::run::READ_MODELS))]
+        processor: String,
+        #[command(flatten)]
+        args: dietstream::replay::ReplayArgs,
+    },
+    /// A read-model processor's dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Consumer lag of each processor's group (records between its committed offsets and the
     /// ends of the topics it reads).
     Lag {
@@ -133,6 +149,32 @@ enum Command {
         /// Value of the dietstream.source header.
         #[arg(long, default_value = "simulator")]
         source: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// One line per dead letter not re-driven yet (DLQ partition@offset, original
+    /// topic[partition]@offset, timestamp, error class, message), read-only.
+    List {
+        /// The read-model processor.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(dietstream::run::READ_MODELS))]
+        processor: String,
+        /// One JSON object per line instead.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        filter: dietstream::dlq::Filter,
+    },
+    /// Check every dead letter not re-driven yet against today's registry and code, then
+    /// rebuild the read model (as `replay` does) so the records that now apply are applied in
+    /// their place; mark the letters re-driven. Records that still fail are dead-lettered again.
+    Replay {
+        /// The read-model processor.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(dietstream::run::READ_MODELS))]
+        processor: String,
+        #[command(flatten)]
+        args: dietstream::replay::ReplayArgs,
     },
 }
 
@@ -348,6 +390,19 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             simulate(&config, &source, options)
         }
         Command::Run { processor } => run_processor(processor, &config),
+        Command::Replay { processor, args } => {
+            let options = args.options(config.kafka.request_timeout);
+            let runtime = tokio::runtime::Runtime::new()?;
+            let summary = runtime.block_on(dietstream::replay::replay(
+                &config,
+                &processor,
+                &options,
+                &mut |line| eprintln!("{line}"),
+            ))?;
+            print!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command } => dlq(command, &config),
         Command::Query { command } => query(command, &config),
         Command::Lag {
             processor,
@@ -364,6 +419,51 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    match command {
+        DlqCommand::List {
+            processor,
+            json,
+            filter,
+        } => {
+            let contents = runtime.block_on(dietstream::dlq::list(config, &processor))?;
+            let shown = filter.select(&contents.letters);
+            for letter in &shown {
+                if json {
+                    println!("{}", serde_json::to_string(letter)?);
+                } else {
+                    println!("{}", letter.line());
+                }
+            }
+            let pending = contents.letters.iter().filter(|l| !l.redriven).count();
+            eprintln!(
+                "{} shown; {} dead letter(s) of {processor}, {pending} not re-driven",
+                shown.len(),
+                contents.letters.len()
+            );
+        }
+        DlqCommand::Replay { processor, args } => {
+            let options = args.options(config.kafka.request_timeout);
+            let summary = runtime.block_on(dietstream::dlq::replay(
+                config,
+                &processor,
+                &options,
+                &mut |line| eprintln!("{line}"),
+            ))?;
+            if let Some(rebuild) = &summary.rebuild {
+                print!("{rebuild}");
+                println!(
+                    "{} dead letter(s) re-driven; those that still fail are dead-lettered again                      with generation {} (`dietstream dlq list {processor}`)",
+                    summary.checked.len(),
+                    rebuild.generation
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_processor(processor: Processor, config: &Config) -> anyhow::Result<ExitCode> {
@@ -692,6 +792,46 @@ fn query(command: QueryCommand, config: &Config) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The group serving each consumer now: a read model's active generation (`<group>.g<N>`
+/// after a rebuild), the topology's group otherwise. When the generations cannot be read, the
+/// topology's groups, with a warning.
+fn serving_groups(
+    config: &Config,
+    consumers: &[&dietstream_topology::DesiredConsumer],
+) -> Vec<String> {
+    let topology_groups = || consumers.iter().map(|c| c.group.clone()).collect();
+    let read_models = |c: &&dietstream_topology::DesiredConsumer| {
+        dietstream::run::READ_MODELS.contains(&c.processor.as_str())
+    };
+    if !consumers.iter().any(read_models) {
+        return topology_groups();
+    }
+    let resolved = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let session = config.cql.session().await?;
+                let mut groups = Vec::with_capacity(consumers.len());
+                for c in consumers {
+                    groups.push(
+                        dietstream::read_model::serving_group(
+                            &session,
+                            &config.cql.keyspace,
+                            &c.processor,
+                            &c.group,
+                        )
+                        .await?,
+                    );
+                }
+                anyhow::Ok(groups)
+            })
+        });
+    resolved.unwrap_or_else(|error| {
+        eprintln!("warning: read-model generations not read ({error:#}); showing generation 0");
+        topology_groups()
+    })
+}
+
 fn lag(
     config: &Config,
     processors: &[String],
@@ -717,6 +857,7 @@ fn lag(
     {
         bail!("no processor {unknown:?} in the topology");
     }
+    let groups = serving_groups(config, &consumers);
     let client = config.kafka.client_config();
     let started = Instant::now();
     let deadline = wait.map(|w| started + w);
@@ -725,17 +866,17 @@ fn lag(
     loop {
         let mut lines = Vec::new();
         let mut samples = Vec::new();
-        for c in &consumers {
+        for (c, group) in consumers.iter().zip(&groups) {
             let lag = dietstream::kafka::group_lag(
                 &client,
-                &c.group,
+                group,
                 &c.reads,
                 config.kafka.request_timeout,
             )?;
             lines.push(format!(
                 "{:<12} {:<40} lag {:>8} over {} partitions",
                 c.processor,
-                c.group,
+                group,
                 lag.total(),
                 lag.partitions.len()
             ));

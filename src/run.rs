@@ -9,16 +9,13 @@ use dietstream_schemas::registry::RegistryError;
 use dietstream_topology::{Topology, TopologyError};
 use scylla::client::session::Session;
 
-use dietstream_engagement::EngagementProjection;
-use dietstream_insights::InsightsProjection;
-use dietstream_nutrition::NutritionProjection;
-use dietstream_quests::QuestsProjection;
 use dietstream_runtime::consume::{self, Parts, ProcessorTopics};
-use dietstream_runtime::{Health, ProcessorMetrics, Projection, Store};
+use dietstream_runtime::{generation, Health, ProcessorMetrics, Projection, Store};
 use dietstream_schemas::registry::ConfluentRegistry;
 
 use crate::config::Config;
 use crate::connect::ConnectError;
+use crate::read_model::{with_read_model, ReadModelTask};
 
 /// Why a processor could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -175,13 +172,10 @@ pub async fn indexer(
 /// The read-model processors `dietstream run` can start, by name.
 pub const READ_MODELS: [&str; 4] = ["nutrition", "engagement", "quests", "insights"];
 
-/// Creates the tables of every read-model processor (and their state tables). Idempotent.
+/// Creates the tables of every read-model processor (and their state tables), in the
+/// generation of each that serves now, and the generations table. Idempotent.
 pub async fn migrate_read_models(session: &Session, keyspace: &str) -> Result<(), RunError> {
-    dietstream_runtime::store::migrate(session, &NutritionProjection::new(), keyspace).await?;
-    dietstream_runtime::store::migrate(session, &EngagementProjection::new(), keyspace).await?;
-    dietstream_runtime::store::migrate(session, &QuestsProjection::new(), keyspace).await?;
-    dietstream_runtime::store::migrate(session, &InsightsProjection::new(), keyspace).await?;
-    Ok(())
+    crate::read_model::migrate_all(session, keyspace).await
 }
 
 /// Runs the read-model processors named in `names` (each its own consumer group and tables) in
@@ -231,42 +225,15 @@ pub async fn read_models(
             ProcessorMetrics::new(name, &registry).map_err(|e| RunError::Metrics(e.to_string()))?;
         let part = health.part(name);
         let shutdown = until_stopped(stopped.clone());
-        let env = env.clone();
-        match *name {
-            "nutrition" => tasks.spawn(read_model(
-                Arc::new(NutritionProjection::new()),
-                env,
-                topics,
-                metrics,
-                part,
-                shutdown,
-            )),
-            "quests" => tasks.spawn(read_model(
-                Arc::new(QuestsProjection::new()),
-                env,
-                topics,
-                metrics,
-                part,
-                shutdown,
-            )),
-            "insights" => tasks.spawn(read_model(
-                Arc::new(InsightsProjection::new()),
-                env,
-                topics,
-                metrics,
-                part,
-                shutdown,
-            )),
-            "engagement" => tasks.spawn(read_model(
-                Arc::new(EngagementProjection::new()),
-                env,
-                topics,
-                metrics,
-                part,
-                shutdown,
-            )),
-            other => return Err(RunError::UnknownProcessor(other.to_owned())),
+        let task = Serve {
+            env: env.clone(),
+            topics,
+            metrics,
+            health: part,
+            shutdown,
         };
+        let name = (*name).to_owned();
+        tasks.spawn(async move { with_read_model(&name, task).await? });
     }
     let mut shutdown = std::pin::pin!(shutdown);
     let mut outcome = Ok(());
@@ -303,15 +270,48 @@ pub async fn read_models(
 
 /// What every read-model processor of one process shares.
 #[derive(Clone)]
-struct ReadModelEnv {
-    kafka: rdkafka::ClientConfig,
-    session: Arc<Session>,
-    keyspace: String,
-    codec: Arc<Codec<ConfluentRegistry>>,
-    config: dietstream_runtime::LoopConfig,
+pub struct ReadModelEnv {
+    /// Common Kafka client properties.
+    pub kafka: rdkafka::ClientConfig,
+    /// The CQL session.
+    pub session: Arc<Session>,
+    /// The keyspace of the tables.
+    pub keyspace: String,
+    /// The codec of events and commands.
+    pub codec: Arc<Codec<ConfluentRegistry>>,
+    /// The consume loop's settings.
+    pub config: dietstream_runtime::LoopConfig,
 }
 
-/// One read-model processor: prepares its statements and runs the loop.
+/// `dietstream run` of one read-model processor.
+struct Serve<F> {
+    env: ReadModelEnv,
+    topics: ProcessorTopics,
+    metrics: ProcessorMetrics,
+    health: Health,
+    shutdown: F,
+}
+
+impl<F: std::future::Future<Output = ()> + Send> ReadModelTask for Serve<F> {
+    type Output = Result<(), RunError>;
+
+    async fn run<P: Projection>(self, projection: Arc<P>) -> Result<(), RunError> {
+        read_model(
+            projection,
+            self.env,
+            self.topics,
+            self.metrics,
+            self.health,
+            self.shutdown,
+        )
+        .await
+    }
+}
+
+/// One read-model processor: runs the loop on the tables and consumer group of the generation
+/// that serves, and when a rebuild activates another one (`dietstream replay`), finishes its
+/// batch, commits and goes on with the new generation's tables and group, whose offsets the
+/// rebuild committed.
 async fn read_model<P: Projection>(
     projection: Arc<P>,
     env: ReadModelEnv,
@@ -328,25 +328,61 @@ async fn read_model<P: Projection>(
         config,
     } = env;
     let name = projection.name();
-    let store = Store::prepare(session, projection.as_ref(), &keyspace).await?;
-    health.set_ready();
-    let parts = Parts {
-        projection,
-        topics,
-        store,
-        codec,
-        config,
-        metrics,
-    };
-    match consume::run(parts, &kafka, shutdown).await {
-        Ok(summary) => {
-            tracing::info!(processor = name, ?summary, "Processor stopped.");
-            Ok(())
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut serving = generation::load(&session, &keyspace, name).await?.active;
+    loop {
+        let store = Store::prepare_generation(
+            Arc::clone(&session),
+            projection.as_ref(),
+            &keyspace,
+            serving,
+        )
+        .await?;
+        health.set_ready();
+        let parts = Parts {
+            projection: Arc::clone(&projection),
+            topics: ProcessorTopics {
+                group_id: generation::group_id(&topics.group_id, serving),
+                ..topics.clone()
+            },
+            store,
+            codec: Arc::clone(&codec),
+            config: config.clone(),
+            metrics: metrics.clone(),
+        };
+        let mut switch_to = None;
+        let stop = async {
+            tokio::select! {
+                () = &mut shutdown => {}
+                next = generation::changed(&session, &keyspace, name, serving, config.generation_check_interval) => {
+                    switch_to = Some(next);
+                }
+            }
+        };
+        match consume::run(parts, &kafka, stop).await {
+            Ok(summary) => {
+                tracing::info!(
+                    processor = name,
+                    generation = serving,
+                    ?summary,
+                    "Processor stopped."
+                );
+            }
+            Err(error) => {
+                health.set_failed(error.to_string());
+                return Err(error.into());
+            }
         }
-        Err(error) => {
-            health.set_failed(error.to_string());
-            Err(error.into())
-        }
+        let Some(next) = switch_to else {
+            return Ok(());
+        };
+        tracing::info!(
+            processor = name,
+            from = serving,
+            to = next,
+            "Switching to the rebuilt generation."
+        );
+        serving = next;
     }
 }
 
@@ -376,9 +412,13 @@ pub async fn user_rows(
         return Err(RunError::UnknownTable(table.to_owned()));
     }
     let failed = |e: &dyn std::fmt::Display| RunError::Query(format!("{table}: {e}"));
+    // The generation that serves: after a rebuild, `<table>_g<N>`.
+    let serving = crate::read_model::active_table(session, keyspace, table)
+        .await?
+        .ok_or_else(|| RunError::UnknownTable(table.to_owned()))?;
     let rows = session
         .query_unpaged(
-            format!("SELECT JSON * FROM {keyspace}.{table} WHERE user_id = ? LIMIT ?"),
+            format!("SELECT JSON * FROM {keyspace}.{serving} WHERE user_id = ? LIMIT ?"),
             (user, limit),
         )
         .await

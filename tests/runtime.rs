@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::events::{event_header, water};
 use common::Stack;
 use dietstream::kafka::ensure_topic;
 use dietstream_runtime::consume::{self, LoopConfig, Parts, ProcessorTopics};
@@ -21,7 +22,7 @@ use dietstream_schemas::catalog::Catalog;
 use dietstream_schemas::codec::{Codec, RECORD_TYPE_HEADER};
 use dietstream_schemas::headers::{DLQ_ERROR_CLASS, DLQ_ORIGINAL_OFFSET, DLQ_PROCESSOR};
 use dietstream_schemas::registry::ConfluentRegistry;
-use dietstream_schemas::types::{MealLogged, WaterIntakeLogged};
+use dietstream_schemas::types::MealLogged;
 use dietstream_schemas::Event;
 use dietstream_topology::partition_for;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -143,40 +144,10 @@ impl Projection for Water {
     }
 }
 
-fn header(event_type: &str, user: &str, version: i64, timestamp: i64) -> serde_json::Value {
-    json!({
-        "event_id": uuid::Uuid::new_v4().to_string(),
-        "event_type": event_type,
-        "aggregate_id": user,
-        "aggregate_type": "USER",
-        "version": version,
-        "timestamp": timestamp,
-        "user_id": user,
-        "session_id": null,
-        "correlation_id": null,
-        "causation_id": null,
-        "metadata": {}
-    })
-}
-
-fn water(user: &str, version: i64, timestamp: i64, millilitres: i32) -> Event {
-    Event::WaterIntakeLogged(
-        serde_json::from_value::<WaterIntakeLogged>(json!({
-            "header": header("nutrition.water.logged", user, version, timestamp),
-            "payload": {
-                "intake_id": uuid::Uuid::new_v4().to_string(),
-                "millilitres": millilitres,
-                "drunk_at": timestamp
-            }
-        }))
-        .expect("water fits the generated type"),
-    )
-}
-
 fn meal(user: &str, version: i64, timestamp: i64) -> Event {
     Event::MealLogged(
         serde_json::from_value::<MealLogged>(json!({
-            "header": header("nutrition.meal.logged", user, version, timestamp),
+            "header": event_header("nutrition.meal.logged", user, version, timestamp),
             "payload": {
                 "meal_id": uuid::Uuid::new_v4().to_string(),
                 "meal_type": "LUNCH",

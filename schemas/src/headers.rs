@@ -29,6 +29,9 @@ pub const DLQ_ERROR_MESSAGE: &str = "dietstream.dlq.error_message";
 pub const DLQ_PROCESSOR: &str = "dietstream.dlq.processor";
 /// When it was dead-lettered, epoch ms.
 pub const DLQ_FAILED_AT: &str = "dietstream.dlq.failed_at";
+/// Read-model generation whose processor failed the record (0: the tables of the plain
+/// names; N: a rebuild's `<table>_g<N>`). Set by the read-model runtime.
+pub const DLQ_GENERATION: &str = "dietstream.dlq.generation";
 
 /// Error messages are cut to this many bytes (on a character boundary).
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;

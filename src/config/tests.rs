@@ -299,3 +299,23 @@ fn topology_prefix_must_fit_in_front_of_topic_names() {
     config.topology.prefix = "it_t_1f_0a1b2c3d_7".to_owned();
     assert_eq!(config.validate(), Vec::new());
 }
+
+#[test]
+fn the_generation_check_interval_is_read_and_must_be_above_zero() {
+    jailed(|jail| {
+        jail.set_env("DIETSTREAM_PROCESSORS__GENERATION_CHECK_INTERVAL", "750ms");
+        let config = load_in_jail(None).expect("valid");
+        assert_eq!(
+            config.processors.generation_check_interval,
+            Duration::from_millis(750)
+        );
+        jail.set_env("DIETSTREAM_PROCESSORS__GENERATION_CHECK_INTERVAL", "0s");
+        let err = load_in_jail(None).expect_err("zero accepted");
+        assert!(
+            err.to_string()
+                .contains("processors.generation_check_interval: must be above zero"),
+            "{err}"
+        );
+        Ok(())
+    });
+}

@@ -11,6 +11,7 @@
 pub mod commands;
 #[cfg(feature = "containers")]
 mod containers;
+pub mod events;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dietstream_schemas::codec::{Codec, RECORD_TYPE_HEADER};
-use dietstream_schemas::headers::{DeadLetter, ROUTING_KEY, SOURCE};
+use dietstream_schemas::headers::{DeadLetter, DLQ_GENERATION, ROUTING_KEY, SOURCE};
 use dietstream_schemas::registry::SchemaRegistry;
 use dietstream_schemas::Command;
 use dietstream_topology::{partition_for, Desired, Kind};
@@ -113,6 +113,10 @@ pub struct LoopConfig {
     /// (past transaction markers) and looks at retrying partitions.
     #[serde(with = "humantime_serde")]
     pub idle_interval: Duration,
+    /// How often a running read-model processor looks at the generations table for a
+    /// rebuild that became active (`dietstream replay`); it then switches to the new tables.
+    #[serde(with = "humantime_serde")]
+    pub generation_check_interval: Duration,
 }
 
 impl LoopConfig {
@@ -127,6 +131,12 @@ impl LoopConfig {
         }
         if self.idle_interval.is_zero() {
             problems.push(("idle_interval".to_owned(), "must be above zero".to_owned()));
+        }
+        if self.generation_check_interval.is_zero() {
+            problems.push((
+                "generation_check_interval".to_owned(),
+                "must be above zero".to_owned(),
+            ));
         }
         for (setting, reason) in self.retry.problems() {
             problems.push((format!("retry.{setting}"), reason));
@@ -149,6 +159,8 @@ impl Default for LoopConfig {
                 max_retries: 10,
             },
             idle_interval: Duration::from_millis(200),
+            // One small CQL read per processor; a switch-over within seconds is soon enough.
+            generation_check_interval: Duration::from_secs(5),
         }
     }
 }
@@ -1103,8 +1115,15 @@ async fn send_letter<P: Projection, R>(
         max_retries: shared.config.retry.max_retries,
         failed_at_ms: now_ms(),
     };
+    let mut all = dead_letter_headers(&original, &context);
+    // A dead letter failed again by a rebuild says which generation failed it last.
+    all.retain(|(name, _)| name != DLQ_GENERATION);
+    all.push((
+        DLQ_GENERATION.to_owned(),
+        Some(shared.store.generation().to_string().into_bytes()),
+    ));
     let mut headers = OwnedHeaders::new();
-    for (key, value) in dead_letter_headers(&original, &context) {
+    for (key, value) in all {
         headers = headers.insert(Header {
             key: &key,
             value: value.as_deref(),

@@ -1,11 +1,13 @@
 //! What every dietstream processor shares: the seed's retry policy, dead letters, the
 //! [`Projection`] contract, the CQL [`Store`], the consume loop ([`consume::run`]), the
 //! Prometheus metrics a processor reports ([`ProcessorMetrics`]) and the endpoint that serves
-//! them with the health checks ([`serve`], [`Health`], configured by [`MetricsConfig`]).
+//! them with the health checks ([`serve`], [`Health`], configured by [`MetricsConfig`]), and
+//! the generations of a read model that a rebuild switches between ([`generation`]).
 
 pub mod config;
 pub mod consume;
 pub mod dead_letter;
+pub mod generation;
 pub mod http;
 pub mod memory;
 pub mod metrics;

@@ -15,6 +15,7 @@ use scylla::errors::{ExecutionError, PagerExecutionError, PrepareError};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
+use crate::generation::{map_statement, table_name};
 use crate::projection::{Projection, Row, Table};
 
 /// Why a CQL step failed. Every CQL failure is treated as transient by the loop: even a
@@ -76,16 +77,27 @@ pub fn state_table(processor: &str) -> String {
 
 /// Every statement that creates a projection's tables, its state table included.
 pub fn migrations<P: Projection>(projection: &P, keyspace: &str) -> Vec<String> {
+    generation_migrations(projection, keyspace, 0)
+}
+
+/// Every statement that creates the tables of one generation of a projection (see
+/// [`crate::generation`]), its state table included.
+pub fn generation_migrations<P: Projection>(
+    projection: &P,
+    keyspace: &str,
+    generation: u32,
+) -> Vec<String> {
+    let names: Vec<&str> = projection.tables().iter().map(|t| t.name).collect();
     let mut statements: Vec<String> = projection
         .migrations()
         .into_iter()
-        .map(|s| s.replace("{keyspace}", keyspace))
+        .map(|s| map_statement(&s, &names, generation).replace("{keyspace}", keyspace))
         .collect();
     statements.push(format!(
         "CREATE TABLE IF NOT EXISTS {keyspace}.{} (\
          source text, entity text, state blob, applied_offset bigint, \
          PRIMARY KEY ((source), entity))",
-        state_table(projection.name())
+        table_name(&state_table(projection.name()), generation)
     ));
     statements
 }
@@ -96,7 +108,29 @@ pub async fn migrate<P: Projection>(
     projection: &P,
     keyspace: &str,
 ) -> Result<(), StoreError> {
-    for statement in migrations(projection, keyspace) {
+    migrate_generation(session, projection, keyspace, 0).await
+}
+
+/// Creates the tables of one generation of the projection unless they exist.
+pub async fn migrate_generation<P: Projection>(
+    session: &Session,
+    projection: &P,
+    keyspace: &str,
+    generation: u32,
+) -> Result<(), StoreError> {
+    execute_migrations(
+        session,
+        generation_migrations(projection, keyspace, generation),
+    )
+    .await
+}
+
+/// Runs migration statements in order, then waits for the cluster to agree on the schema.
+pub(crate) async fn execute_migrations(
+    session: &Session,
+    statements: Vec<String>,
+) -> Result<(), StoreError> {
+    for statement in statements {
         session
             .query_unpaged(statement.as_str(), ())
             .await
@@ -138,6 +172,7 @@ pub struct Store {
     load: PreparedStatement,
     save: PreparedStatement,
     state_table: String,
+    generation: u32,
 }
 
 impl Store {
@@ -147,6 +182,17 @@ impl Store {
         session: Arc<Session>,
         projection: &P,
         keyspace: &str,
+    ) -> Result<Store, StoreError> {
+        Store::prepare_generation(session, projection, keyspace, 0).await
+    }
+
+    /// [`Store::prepare`] for the tables of one generation (see [`crate::generation`]): rows
+    /// keep naming the projection's tables, the statements write `<table>_g<N>`.
+    pub async fn prepare_generation<P: Projection>(
+        session: Arc<Session>,
+        projection: &P,
+        keyspace: &str,
+        generation: u32,
     ) -> Result<Store, StoreError> {
         let prepare = |text: String| {
             let session = Arc::clone(&session);
@@ -166,7 +212,7 @@ impl Store {
             let marks = vec!["?"; columns.len()].join(", ");
             let upsert = prepare(format!(
                 "INSERT INTO {keyspace}.{} ({}) VALUES ({marks})",
-                table.name,
+                table_name(table.name, generation),
                 columns.join(", ")
             ))
             .await?;
@@ -178,7 +224,7 @@ impl Store {
                 .join(" AND ");
             let delete = prepare(format!(
                 "DELETE FROM {keyspace}.{} WHERE {condition}",
-                table.name
+                table_name(table.name, generation)
             ))
             .await?;
             tables.insert(
@@ -190,7 +236,7 @@ impl Store {
                 },
             );
         }
-        let state_table = state_table(projection.name());
+        let state_table = table_name(&state_table(projection.name()), generation);
         let mut load = prepare(format!(
             "SELECT entity, state, applied_offset FROM {keyspace}.{state_table} WHERE source = ?"
         ))
@@ -207,6 +253,7 @@ impl Store {
             load,
             save,
             state_table,
+            generation,
         })
     }
 
@@ -336,9 +383,14 @@ impl Store {
         })
     }
 
-    /// The name of the state table.
+    /// The name of the state table (of this store's generation).
     pub fn state_table(&self) -> &str {
         &self.state_table
+    }
+
+    /// The generation whose tables this store writes.
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// The session, for readers.

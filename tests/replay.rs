@@ -1,0 +1,301 @@
+//! `dietstream replay` on the real stack: a running nutrition processor (generation 0) builds
+//! its tables; a rebuild writes generation 1 from the start of the log while it keeps running,
+//! shows progress, and ends with tables equal to generation 0 row by row and generation 1
+//! active; the running processor then switches by itself, so later events land in the `_g1`
+//! tables only, and `query rows` reads them there.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::events::{generations_row, produce, produce_event, table_rows, water, DAY_START, HOUR};
+use common::Stack;
+use dietstream::replay::ReplayOptions;
+use dietstream_nutrition::NutritionProjection;
+use dietstream_runtime::Projection;
+use dietstream_schemas::catalog::Catalog;
+use dietstream_schemas::codec::Codec;
+use dietstream_topology::{prefixed, Topology};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Polls `check` every 100 ms until it is true; panics with `what` after [`TIMEOUT`].
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} did not happen in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Members of consumer group `group` now.
+async fn members(consumer: &Arc<BaseConsumer>, group: &str) -> usize {
+    let (consumer, group) = (Arc::clone(consumer), group.to_owned());
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_group_list(Some(&group), TIMEOUT)
+            .map(|list| list.groups().iter().map(|g| g.members().len()).sum())
+            .unwrap_or(0)
+    })
+    .await
+    .expect("group list task")
+}
+
+/// The lines `dietstream <arguments>` prints for `config`'s prefix and keyspace (the stack's
+/// addresses come from the test's environment).
+async fn dietstream(config: &dietstream::config::Config, arguments: &[&str]) -> Vec<String> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dietstream"));
+    command
+        .args(arguments)
+        .env("DIETSTREAM_TOPOLOGY__PREFIX", &config.topology.prefix)
+        .env("DIETSTREAM_CQL__KEYSPACE", &config.cql.keyspace);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("dietstream task")
+        .expect("dietstream runs");
+    assert!(
+        output.status.success(),
+        "dietstream {arguments:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The lines `dietstream dlq list nutrition <options>` prints.
+async fn dlq_list(config: &dietstream::config::Config, options: &[&str]) -> Vec<String> {
+    let arguments: Vec<&str> = ["dlq", "list", "nutrition"]
+        .into_iter()
+        .chain(options.iter().copied())
+        .collect();
+    dietstream(config, &arguments).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_equals_the_live_tables_and_the_live_processor_switches_to_it() {
+    common::init_tracing();
+    let stack = Stack::get().await;
+    let mut config = stack.with_topology().await;
+    config.cql.keyspace = common::unique_name("rp");
+    config.metrics.listen = "127.0.0.1:0".parse().expect("address");
+    config.processors.generation_check_interval = Duration::from_millis(200);
+    let session = dietstream::run::migrate(&config).await.expect("migrate");
+    let keyspace = config.cql.keyspace.clone();
+
+    let desired = Topology::embedded()
+        .and_then(|t| t.resolve(config.topology.profile, &config.topology.prefix))
+        .expect("topology");
+    let topic = prefixed(&config.topology.prefix, "diet.events.user");
+    let partitions = desired
+        .topics
+        .iter()
+        .find(|t| t.name == topic)
+        .expect("user events topic")
+        .partitions;
+    let group = desired
+        .consumers
+        .iter()
+        .find(|c| c.processor == "nutrition")
+        .expect("nutrition consumer")
+        .group
+        .clone();
+    let codec = Codec::new(
+        config.schema_registry.registry().expect("registry"),
+        &Catalog::embedded().expect("catalog"),
+    )
+    .expect("codec");
+    let producer = stack.producer();
+    for u in 0..12 {
+        let user = format!("{}-u{u}", stack.prefix);
+        for v in 1..=10_i64 {
+            let at = DAY_START + (v % 3) * 24 * HOUR + v * HOUR;
+            let ml = 100 + 25 * i32::try_from(u + v).expect("small");
+            produce_event(
+                &producer,
+                &codec,
+                &topic,
+                partitions,
+                &water(&user, v, at, ml),
+            )
+            .await;
+        }
+    }
+
+    // Bytes that are not the wire format: dead-lettered by every generation.
+    let garbage_user = format!("{}-garbage", stack.prefix);
+    produce(
+        &producer,
+        &topic,
+        partitions,
+        &garbage_user,
+        "nutrition.water.logged",
+        b"not avro",
+    )
+    .await;
+
+    // Generation 0: the running processor reads everything.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let live = tokio::spawn({
+        let config = config.clone();
+        async move {
+            dietstream::run::read_models(&config, &["nutrition"], async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let lag = |group: String| {
+        let (kafka, reads) = (config.kafka.client_config(), vec![topic.clone()]);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                dietstream::kafka::group_lag(&kafka, &group, &reads, TIMEOUT)
+                    .map(|lag| lag.total())
+                    .unwrap_or(i64::MAX)
+            })
+            .await
+            .expect("lag task")
+        }
+    };
+    wait_for("generation 0 catching up", || {
+        let lag = lag(group.clone());
+        async move { lag.await == 0 }
+    })
+    .await;
+    assert!(
+        !live.is_finished(),
+        "the processor stopped: {:?}",
+        live.await
+    );
+
+    let listed = dlq_list(&config, &["--json"]).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let letter: serde_json::Value = serde_json::from_str(&listed[0]).expect("a JSON line");
+    assert_eq!(letter["error_class"], "bad_magic", "{letter}");
+    assert_eq!(letter["original_topic"], topic.as_str(), "{letter}");
+    assert_eq!(letter["processor"], "nutrition", "{letter}");
+    assert_eq!(letter["generation"], 0, "{letter}");
+    assert_eq!(letter["redriven"], false, "{letter}");
+
+    // Generation 1, built while generation 0 keeps running.
+    let mut lines = Vec::new();
+    let options = ReplayOptions {
+        progress_interval: Duration::from_millis(200),
+        wait_timeout: Some(TIMEOUT),
+        request_timeout: Duration::from_secs(30),
+    };
+    let summary =
+        dietstream::replay::replay(&config, "nutrition", &options, &mut |line| lines.push(line))
+            .await
+            .expect("replay");
+    assert_eq!((summary.previous, summary.generation), (0, 1));
+    assert_eq!(summary.group, format!("{group}.g1"));
+    assert_eq!(summary.run.applied, 120, "{summary:?}");
+    assert_eq!(summary.run.dead_lettered, 1, "{summary:?}");
+    let listed = dlq_list(&config, &["--class", "bad_magic"]).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed[1].ends_with("(generation 1)"), "{listed:?}");
+    assert!(summary.progress_lines >= 1, "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains(&format!("{topic} 121/121"))
+            && l.contains("records/s")
+            && l.contains("ETA")),
+        "{lines:?}"
+    );
+    let text = summary.to_string();
+    assert!(
+        text.contains(&format!(
+            "DROP TABLE IF EXISTS {keyspace}.nutrition_user_daily;"
+        )),
+        "{text}"
+    );
+
+    let projection = NutritionProjection::new();
+    for table in projection.tables() {
+        let old = table_rows(&session, &keyspace, table.name).await;
+        let new = table_rows(&session, &keyspace, &format!("{}_g1", table.name)).await;
+        assert!(!old.is_empty(), "{} is empty", table.name);
+        assert_eq!(
+            old, new,
+            "{} differs between generations 0 and 1",
+            table.name
+        );
+    }
+    let (active, building, tables) = generations_row(&session, &keyspace, "nutrition").await;
+    assert_eq!((active, building), (Some(1), None));
+    let tables = tables.expect("tables recorded");
+    assert!(
+        tables.contains(&"nutrition_user_daily_g1".to_owned())
+            && tables.contains(&"nutrition_state_g1".to_owned()),
+        "{tables:?}"
+    );
+
+    // The running processor switches: it leaves group 0 and joins group 1.
+    let watcher: Arc<BaseConsumer> = Arc::new(stack.consumer_config().create().expect("watcher"));
+    let new_group = format!("{group}.g1");
+    wait_for("the switch to generation 1", || {
+        let watcher = Arc::clone(&watcher);
+        let (old, new) = (group.clone(), new_group.clone());
+        async move { members(&watcher, &new).await == 1 && members(&watcher, &old).await == 0 }
+    })
+    .await;
+    assert!(
+        !live.is_finished(),
+        "the processor stopped: {:?}",
+        live.await
+    );
+
+    // Events after the switch land in generation 1 only.
+    let late = format!("{}-late", stack.prefix);
+    for v in 1..=3 {
+        let event = water(&late, v, DAY_START + v * HOUR, 300);
+        produce_event(&producer, &codec, &topic, partitions, &event).await;
+    }
+    wait_for("the late user's rows in generation 1", || {
+        let (session, keyspace, late) = (&session, &keyspace, &late);
+        async move {
+            dietstream::run::user_rows(session, keyspace, "nutrition_user_daily", late, 10)
+                .await
+                .is_ok_and(|rows| rows.len() == 1 && rows[0].contains("\"water_ml\": 900"))
+        }
+    })
+    .await;
+    let old_rows = session
+        .query_unpaged(
+            format!("SELECT day FROM {keyspace}.nutrition_user_daily WHERE user_id = ?"),
+            (late.as_str(),),
+        )
+        .await
+        .expect("select")
+        .into_rows_result()
+        .expect("rows")
+        .rows_num();
+    assert_eq!(old_rows, 0, "generation 0 received events after the switch");
+    wait_for("generation 1 catching up", || {
+        let lag = lag(new_group.clone());
+        async move { lag.await == 0 }
+    })
+    .await;
+    assert_eq!(lag(group.clone()).await, 3, "group 0 stopped at the switch");
+
+    let lag = dietstream(&config, &["lag", "--processor", "nutrition"]).await;
+    assert!(
+        lag.len() == 1
+            && lag[0].contains(&format!("{new_group} "))
+            && lag[0].contains("lag        0"),
+        "{lag:?}"
+    );
+
+    stop.send(()).expect("processor running");
+    live.await
+        .expect("processor task")
+        .expect("processor stopped cleanly");
+}
