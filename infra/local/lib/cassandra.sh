@@ -8,9 +8,11 @@
 
 # Settings of this server only; the shared ones (STACK_HOST, STACK_CQL_PORT,
 # STACK_CASSANDRA_STORAGE_PORT, ...) are in common.sh.
-# Heap (-Xms and -Xmx). 1g is plenty for development data; the node is then about 0.4 GiB
-# resident after its start, and stays under about 1.5 GiB.
-STACK_CASSANDRA_HEAP="${STACK_CASSANDRA_HEAP:-1g}"
+# Heap (-Xms and -Xmx). Development data is small, but every table costs heap (memtables,
+# metadata) and the tests create a keyspace each, read models with generations: with 1g a
+# long-lived stack ran out of heap at about 120 keyspaces (2026-11-27). With 2g the node is
+# about 0.5 GiB resident after its start and stays under about 2.5 GiB.
+STACK_CASSANDRA_HEAP="${STACK_CASSANDRA_HEAP:-2g}"
 # JMX port for nodetool, on 127.0.0.1 only. Empty (the default): no JMX at all, nothing to clash.
 STACK_CASSANDRA_JMX_PORT="${STACK_CASSANDRA_JMX_PORT:-}"
 # 1: keep a class-data sharing archive of Cassandra's classes (made when the node first stops,
