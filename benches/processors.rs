@@ -102,9 +102,9 @@ impl Plan {
         Plan {
             full,
             users: env_or("BENCH_USERS", 100_000),
-            commands_per_user: env_or("BENCH_COMMANDS_PER_USER", 6),
-            sdb_writes: env_or("BENCH_SDB_WRITES", 300_000),
-            freshness: Duration::from_secs_f64(env_or("BENCH_FRESHNESS_SECONDS", 30.0)),
+            commands_per_user: env_or("BENCH_COMMANDS_PER_USER", 5),
+            sdb_writes: env_or("BENCH_SDB_WRITES", 100_000),
+            freshness: Duration::from_secs_f64(env_or("BENCH_FRESHNESS_SECONDS", 20.0)),
             freshness_rate_cap: f64::INFINITY,
         }
     }
@@ -384,6 +384,7 @@ async fn prefill(
         elapsed: Duration::ZERO,
     };
     let commands = u64::from(plan.users) * u64::from(plan.commands_per_user);
+    let sample_every = (commands / SAMPLES as u64).max(1);
     for n in 0..commands {
         for event in players.play(now_micros()) {
             filled.bytes += send_event(fresh, producer, topic, partitions, &event).await as u64;
@@ -392,7 +393,8 @@ async fn prefill(
                 .mix
                 .entry(event.header().event_type.clone())
                 .or_default() += 1;
-            if filled.samples.len() < SAMPLES {
+            // Spread over the whole run: the first rounds are registrations and goals.
+            if n % sample_every == 0 && filled.samples.len() < SAMPLES {
                 filled.samples.push(event);
             }
         }
