@@ -35,7 +35,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -933,9 +933,12 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
                 send_letter(&shared, &work.letters[letters_sent], retries).await?;
                 letters_sent += 1;
             }
-            while commands_sent < work.commands.len() {
-                send_command(&shared, &work.commands[commands_sent]).await?;
-                commands_sent += 1;
+            if commands_sent < work.commands.len() {
+                let (sent, failed) = send_commands(&shared, &work.commands[commands_sent..]).await;
+                commands_sent += sent;
+                if let Some(error) = failed {
+                    return Err(error);
+                }
             }
             let started = Instant::now();
             // Collected first: a stream holding the mapping closure would not be `Send` (a
@@ -1126,10 +1129,50 @@ async fn send_letter<P: Projection, R>(
     Ok(())
 }
 
-async fn send_command<P: Projection, R: SchemaRegistry>(
+/// Sends `commands` in order: all are queued before any acknowledgement is awaited (the
+/// idempotent producer keeps their order within a partition), so a batch's commands cost one
+/// round trip, not one each. Returns how many, from the first, were acknowledged, and the first
+/// failure.
+async fn send_commands<P: Projection, R: SchemaRegistry>(
+    shared: &Shared<P, R>,
+    commands: &[Command],
+) -> (usize, Option<Failure>) {
+    let mut deliveries = Vec::with_capacity(commands.len());
+    let mut failed = None;
+    for command in commands {
+        match queue_command(shared, command).await {
+            Ok(delivery) => deliveries.push(delivery),
+            Err(error) => {
+                failed = Some(error);
+                break;
+            }
+        }
+    }
+    let (mut sent, mut unbroken) = (0, true);
+    for delivery in deliveries {
+        let acknowledged = match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => Err(Failure::Kafka(error)),
+            Err(_) => Err(Failure::Kafka(KafkaError::Canceled)),
+        };
+        match acknowledged {
+            // Only an unbroken run from the first counts as sent: a retry resends the rest.
+            Ok(()) if unbroken => sent += 1,
+            Ok(()) => {}
+            Err(error) => {
+                unbroken = false;
+                failed.get_or_insert(error);
+            }
+        }
+    }
+    (sent, failed)
+}
+
+/// Encodes one command and queues it; the future resolves with its acknowledgement.
+async fn queue_command<P: Projection, R: SchemaRegistry>(
     shared: &Shared<P, R>,
     command: &Command,
-) -> Result<(), Failure> {
+) -> Result<DeliveryFuture, Failure> {
     let Some((topic, partitions)) = &shared.topics.commands else {
         return Err(Failure::Encode(format!(
             "processor {} sends commands but the topology gives it no command topic to write",
@@ -1162,8 +1205,6 @@ async fn send_command<P: Projection, R: SchemaRegistry>(
         .headers(headers);
     shared
         .producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map(drop)
+        .send_result(record)
         .map_err(|(error, _)| Failure::Kafka(error))
 }
