@@ -40,8 +40,9 @@ test: tools lint up interop-env ## Format check, clippy, docs, then every test a
 	     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$$log"; \
 	rm -f "$$log"; exit $${status:-0}
 
-bench: up ## Benchmark the command processor on the local stack (release); figures in target/bench/commands.json.
+bench: up ## Benchmark the command processor and the read-model processors on the local stack (release); figures in target/bench/{commands,processors}.json.
 	$(WITH_STACK_ENV) cargo bench --bench commands
+	$(WITH_STACK_ENV) cargo bench --bench processors
 
 up: ## Start Kafka, Cassandra and the schema registry (idempotent; waits until ready).
 	$(STACK) up

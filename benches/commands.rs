@@ -21,45 +21,46 @@
 //! `BENCH_LATENCY_RATE` and `BENCH_LATENCY_SECONDS` override the sizes of the full run;
 //! `RUST_LOG` sets the processor's log filter.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitStatus, Stdio};
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dietstream::bus::{
     command_producer_config, BusCodec, CommandBus, CommandOutcome, ROUTING_KEY_HEADER,
     SOURCE_HEADER,
 };
 use dietstream::config::Config;
-use dietstream::contract;
 use dietstream::simulate::{self, GeneratorConfig, SimulateOptions, UserSim};
 use dietstream_commands::domain::{apply, decide, Aggregate, AggregateKind};
 use dietstream_commands::Topics;
-use dietstream_schemas::catalog::Catalog;
-use dietstream_schemas::codec::{Codec, RECORD_TYPE_HEADER};
+use dietstream_schemas::codec::RECORD_TYPE_HEADER;
 use dietstream_schemas::types::{CommandResult, UnionAcceptedRejected};
-use dietstream_topology::{partition_for, ApplyOutcome, Cluster, Topology};
+use dietstream_topology::partition_for;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
+use common::{
+    broker_pid, cpu_ticks, drain, enqueue, env_or, is_full_run, machine_facts, machine_ticks,
+    now_micros, percentile, run_suffix, text_header, Acks, Fresh, TICKS_PER_SECOND, TIMEOUT,
+};
+
 /// Seed of the throughput players; the latency players use the next one.
 const SEED: u64 = 4;
-/// Upper bound for one Kafka call, and for a phase to make no progress.
-const TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the processor's progress, memory and CPU are read.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 /// Encoded events kept as the raw producer's records (and for the typical event size).
@@ -69,8 +70,6 @@ const SOURCE: &str = "bench";
 /// The processor's log filter unless `RUST_LOG` says otherwise: its per-transaction line
 /// (`Transaction committed. commands=… events=…`) is at debug.
 const PROCESSOR_LOG: &str = "info,dietstream_commands::processor=debug";
-/// Linux reports `/proc` CPU times in USER_HZ, 100 on every architecture it runs on here.
-const TICKS_PER_SECOND: f64 = 100.0;
 
 /// Sizes of one run.
 #[derive(Debug, Clone)]
@@ -126,25 +125,12 @@ impl Plan {
     }
 
     fn suffix(&self) -> &'static str {
-        if self.full {
-            ""
-        } else {
-            "-smoke"
-        }
-    }
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
-        Err(_) => default,
+        run_suffix(self.full)
     }
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
+    let full = is_full_run();
     let plan = Plan::new(full);
     let started = Instant::now();
     let rt = Runtime::new().expect("tokio runtime");
@@ -256,119 +242,19 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
-        let mut config = Config::load(None).unwrap_or_else(|e| panic!("{e}"));
-        config.topology.prefix = format!(
-            "bench_{:x}_{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        let desired = Topology::embedded()
-            .and_then(|t| t.resolve(config.topology.profile, &config.topology.prefix))
-            .expect("topology resolves");
-        let admin: AdminClient<DefaultClientContext> =
-            config.kafka.client_config().create().expect("admin client");
-        let applied = Cluster::new(admin, Duration::from_secs(30))
-            .apply(&desired)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot create the topics on {}: {e}\nStart the local stack with `make up`.",
-                    config.kafka.bootstrap_servers
-                )
-            });
-        if let ApplyOutcome::Refused(plan) = applied {
-            panic!("topology refused under a fresh prefix:\n{plan}");
-        }
-        let catalog = Catalog::embedded().expect("catalog");
-        let subjects = contract::subjects(&catalog, &desired).expect("subjects");
-        let registry = config.schema_registry.registry().expect("registry client");
-        contract::register(&registry, &catalog, &subjects, contract::DEFAULT_LEVEL)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot register the schemas at {}: {e}\nStart the local stack with `make up`.",
-                    config.schema_registry.url
-                )
-            });
+        let Fresh {
+            config,
+            desired,
+            codec,
+            out_dir,
+        } = Fresh::new().await;
         let topics = Topics::from_desired(&desired).expect("command processor topics");
-        let codec = Arc::new(Codec::new(registry, &catalog).expect("codec"));
-        let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
-            .join("bench");
-        std::fs::create_dir_all(&out_dir).expect("bench output folder");
         Setup {
             config,
             topics,
             codec,
             out_dir,
         }
-    }
-}
-
-/// Counts delivery reports.
-#[derive(Default)]
-struct Acks {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl ClientContext for Acks {}
-
-impl ProducerContext for Acks {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((e, _)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                self.first_error
-                    .lock()
-                    .expect("lock")
-                    .get_or_insert_with(|| e.to_string());
-            }
-        }
-    }
-}
-
-/// Queues `record`, waiting while the producer's queue is full.
-fn enqueue(producer: &ThreadedProducer<Acks>, mut record: BaseRecord<'_, str, [u8]>) {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => panic!("produce: {e}"),
-        }
-    }
-}
-
-/// Waits until every queued record is acknowledged; panics on any failed delivery.
-fn drain(producer: &ThreadedProducer<Acks>, expected: u64, what: &str) {
-    producer
-        .flush(TIMEOUT)
-        .unwrap_or_else(|e| panic!("{what}: flush: {e}"));
-    let acks = producer.context();
-    let failed = acks.failed.load(Ordering::Relaxed);
-    assert_eq!(
-        failed,
-        0,
-        "{what}: {failed} records not delivered, first error: {:?}",
-        acks.first_error.lock().expect("lock")
-    );
-    assert_eq!(acks.delivered.load(Ordering::Relaxed), expected, "{what}");
-}
-
-fn text_header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
-    Header {
-        key,
-        value: Some(value.as_bytes()),
     }
 }
 
@@ -819,46 +705,6 @@ fn read_status(pid: u32) -> Status {
     }
 }
 
-/// User plus system CPU ticks of a process or thread (`/proc/.../stat`).
-fn cpu_ticks(stat_path: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(stat_path).ok()?;
-    // The command name (field 2) may hold spaces; the fields after it are plain.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Busy and total ticks of the whole machine (`/proc/stat`).
-fn machine_ticks() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let values: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = values.iter().take(8).sum();
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    (total.saturating_sub(idle), total)
-}
-
-/// The Kafka broker of the local stack, found by its main class.
-fn broker_pid() -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.split(|b| *b == 0).any(|arg| arg == b"kafka.Kafka"))
-                .unwrap_or(false)
-        })
-}
-
 /// CPU counters at one moment.
 #[derive(Debug, Clone, Copy)]
 struct CpuAt {
@@ -1203,15 +1049,6 @@ impl Latency {
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
-}
-
 /// Fresh players send commands through the command bus at `latency_rate` (the simulator's
 /// closed loop), each command timed from send to result; the record file keeps every latency.
 fn measure_latency(setup: &Setup, rt: &Runtime, plan: &Plan) -> Latency {
@@ -1357,46 +1194,6 @@ fn debug_duration_millis(text: &str) -> Option<f64> {
             .and_then(|n| n.parse::<f64>().ok())
             .map(|n| n * millis)
     })
-}
-
-/// Facts about the machine the figures come from.
-fn machine_facts() -> serde_json::Value {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let meminfo = read("/proc/meminfo");
-    let git = Process::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    json!({
-        "date_utc": utc_now(),
-        "nproc": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
-        "cpu_model": cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split(':').nth(1))
-            .map(str::trim),
-        "memory_total": meminfo.lines().find(|l| l.starts_with("MemTotal")).and_then(|l| l.split(':').nth(1)).map(str::trim),
-        "kernel": read("/proc/sys/kernel/osrelease").trim(),
-        "load_average_at_start": read("/proc/loadavg").trim(),
-        "git": git,
-    })
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc_now() -> String {
-    chrono::DateTime::from_timestamp(now_micros() / 1_000_000, 0)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default()
 }
 
 /// Everything measured, printed as a table and written as JSON.

@@ -35,7 +35,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -316,6 +316,33 @@ pub struct Parts<P, R> {
     pub metrics: ProcessorMetrics,
 }
 
+/// The loop's consumer settings: `kafka` plus the group, `enable.auto.offset.store=false`,
+/// `auto.offset.reset=earliest`, `isolation.level=read_committed`, the cooperative-sticky
+/// assignor unless `kafka` chooses a `group.protocol` or assignor, and statistics every 5 s
+/// (the lag gauge). Public so that a benchmark consumes exactly as the loop does.
+pub fn consumer_config(kafka: &ClientConfig, group_id: &str) -> ClientConfig {
+    let mut consumer_config = kafka.clone();
+    if consumer_config.get("group.protocol").is_none()
+        && consumer_config
+            .get("partition.assignment.strategy")
+            .is_none()
+    {
+        // Incremental rebalances: partitions that stay keep their state and their work.
+        consumer_config.set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    if consumer_config.get("statistics.interval.ms").is_none() {
+        // librdkafka's statistics carry each partition's consumer lag: the lag gauge.
+        consumer_config.set("statistics.interval.ms", "5000");
+    }
+    consumer_config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed");
+    consumer_config
+}
+
 /// Runs a processor until `shutdown` resolves or a failure outlasts the retries.
 ///
 /// Progress goes to `metrics` (see [`crate::metrics`] for what each metric means).
@@ -338,31 +365,13 @@ pub async fn run<P: Projection, R: SchemaRegistry + 'static>(
         metrics,
     } = parts;
     let (topics, config) = (&topics, &config);
-    let mut consumer_config = kafka.clone();
-    if consumer_config.get("group.protocol").is_none()
-        && consumer_config
-            .get("partition.assignment.strategy")
-            .is_none()
-    {
-        // Incremental rebalances: partitions that stay keep their state and their work.
-        consumer_config.set("partition.assignment.strategy", "cooperative-sticky");
-    }
-    if consumer_config.get("statistics.interval.ms").is_none() {
-        // librdkafka's statistics carry each partition's consumer lag: the lag gauge.
-        consumer_config.set("statistics.interval.ms", "5000");
-    }
     let context = Arc::new(LoopContext {
         metrics: metrics.clone(),
         assigned: Mutex::new(HashSet::new()),
         events: Mutex::new(Vec::new()),
         retrying: Mutex::new(HashMap::new()),
     });
-    let consumer: StreamConsumer<ContextRef> = consumer_config
-        .set("group.id", &topics.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
+    let consumer: StreamConsumer<ContextRef> = consumer_config(kafka, &topics.group_id)
         .create_with_context(ContextRef(Arc::clone(&context)))
         .map_err(|source| RuntimeError::Kafka {
             role: "consumer",
@@ -1227,7 +1236,7 @@ async fn send_commands<P: Projection, R: SchemaRegistry>(
 
 /// Awaits deliveries in order, counting them in `acknowledged` up to the first failure.
 async fn acknowledge(
-    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    deliveries: Vec<DeliveryFuture>,
     acknowledged: &mut usize,
 ) -> Result<(), Failure> {
     for delivery in deliveries {

@@ -1,0 +1,1230 @@
+//! End-to-end benchmark of the read-model processors (issue 5, "Performance"), in one run
+//! against the local stack on one prefilled topic:
+//!
+//! 1. prefill: the simulator's players (100 000 in the full run) play round by round, each
+//!    command answered by the command processor's pure domain, and the user events it decides
+//!    are written to `diet.events.user` as the command processor writes them (key, headers,
+//!    partition, timestamp);
+//! 2. **R_raw**: a consumer with the loop's settings ([`consume::consumer_config`]) reads the
+//!    topic as the loop does (batches of arrived records, each detached), without decoding;
+//! 3. **R_dec**: the same, plus the decoding of every record by the real codec and registry;
+//! 4. **S_db**: the CQL store's raw upsert rate: one prepared statement for a table a
+//!    processor writes, rows shaped by that processor, every row a different key, at most
+//!    `max_in_flight` (the loop's setting) in flight;
+//! 5. **R_pipe** of each processor: the runtime's loop ([`consume::run`]) into a fresh
+//!    keyspace, timed until it has processed every record (lag 0), with the CPU seconds per
+//!    million records of this process (which only runs the loop then), of Cassandra and of
+//!    the Kafka broker, and the CQL writes per second it achieved (events of 100 000 users
+//!    taken round by round: nearly every event of a batch hits a different key);
+//! 6. **freshness**: with the last processor (nutrition) still running, fresh events are produced at
+//!    half its R_pipe for a while; the loop's freshness histogram (event timestamp to write
+//!    acknowledged) gives p50 and p99.
+//!
+//! `cargo bench --bench processors` (`make bench`) runs the full benchmark. Without `--bench`,
+//! as `cargo test --all-targets` runs it, it is a smoke run on a small workload that checks
+//! the same things. Figures are printed and written to `<target dir>/bench/processors.json`
+//! (`processors-smoke.json`). Nothing asserts a timing. `BENCH_USERS`,
+//! `BENCH_COMMANDS_PER_USER`, `BENCH_SDB_WRITES` and `BENCH_FRESHNESS_SECONDS` override the
+//! sizes of the full run.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dietstream::bus::{CommandOutcome, ROUTING_KEY_HEADER, SOURCE_HEADER};
+use dietstream::config::Config;
+use dietstream::simulate::{GeneratorConfig, UserSim};
+use dietstream_commands::domain::{apply, decide, Aggregate, AggregateKind};
+use dietstream_engagement::EngagementProjection;
+use dietstream_insights::InsightsProjection;
+use dietstream_nutrition::NutritionProjection;
+use dietstream_quests::QuestsProjection;
+use dietstream_runtime::consume::{self, Parts, ProcessorTopics};
+use dietstream_runtime::{Origin, ProcessorMetrics, Projection, Row, Store};
+use dietstream_schemas::codec::RECORD_TYPE_HEADER;
+use dietstream_schemas::Event;
+use dietstream_topology::{partition_for, prefixed};
+use futures::{FutureExt, StreamExt};
+use prometheus::proto::MetricFamily;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use scylla::client::session::Session;
+use scylla::value::CqlValue;
+use serde_json::json;
+use tokio::runtime::Runtime;
+
+use common::{
+    broker_pid, cassandra_pid, cpu_ticks, drain, enqueue, env_or, is_full_run, load_average,
+    machine_facts, now_micros, run_suffix, text_header, Acks, Fresh, TICKS_PER_SECOND, TIMEOUT,
+};
+
+/// Seed of the players.
+const SEED: u64 = 5;
+/// User events kept decoded for the row shapes of S_db.
+const SAMPLES: usize = 20_000;
+/// How often a running phase looks at its progress.
+const POLL: Duration = Duration::from_millis(20);
+/// The table whose row shape S_db writes, and the processor that writes it.
+const SDB_TABLE: &str = "nutrition_user_daily";
+/// The processor whose CQL writes per second are compared with S_db: every event it applies
+/// writes rows of its user (daily, weekly, monthly), and the players take turns, so nearly
+/// every row of a batch has a key of its own.
+const DISTINCT_KEY_PROCESSOR: &str = "nutrition";
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+struct Plan {
+    full: bool,
+    users: u32,
+    commands_per_user: u32,
+    sdb_writes: usize,
+    freshness: Duration,
+    /// Cap of the freshness phase's rate (a smoke run's R_pipe is not a steady figure).
+    freshness_rate_cap: f64,
+}
+
+impl Plan {
+    fn new(full: bool) -> Plan {
+        if !full {
+            return Plan {
+                full,
+                users: 300,
+                commands_per_user: 4,
+                sdb_writes: 2_000,
+                freshness: Duration::from_secs(3),
+                freshness_rate_cap: 200.0,
+            };
+        }
+        Plan {
+            full,
+            users: env_or("BENCH_USERS", 100_000),
+            commands_per_user: env_or("BENCH_COMMANDS_PER_USER", 5),
+            sdb_writes: env_or("BENCH_SDB_WRITES", 100_000),
+            freshness: Duration::from_secs_f64(env_or("BENCH_FRESHNESS_SECONDS", 20.0)),
+            freshness_rate_cap: f64::INFINITY,
+        }
+    }
+
+    fn suffix(&self) -> &'static str {
+        run_suffix(self.full)
+    }
+}
+
+fn main() {
+    let full = is_full_run();
+    let plan = Plan::new(full);
+    let started = Instant::now();
+    let rt = Runtime::new().expect("tokio runtime");
+    let machine = machine_facts();
+    let fresh = rt.block_on(Fresh::new());
+    let topic = prefixed(&fresh.config.topology.prefix, "diet.events.user");
+    let partitions = fresh
+        .desired
+        .topics
+        .iter()
+        .find(|t| t.name == topic)
+        .map(|t| t.partitions)
+        .expect("the topology declares the user events topic");
+    eprintln!(
+        "bench: {} run under prefix {}: {} players x {} commands into {topic}",
+        if full { "full" } else { "smoke" },
+        fresh.config.topology.prefix,
+        plan.users,
+        plan.commands_per_user,
+    );
+    let session = Arc::new(
+        rt.block_on(fresh.config.cql.session())
+            .expect("CQL session"),
+    );
+    let mut players = Players::new(&plan);
+    let producer = event_producer(&fresh.config);
+    let filled = rt.block_on(prefill(
+        &fresh,
+        &producer,
+        &topic,
+        partitions,
+        &mut players,
+        &plan,
+    ));
+    eprintln!(
+        "bench: {} user events written in {:.1} s ({:.0} B each on average)",
+        filled.records,
+        filled.elapsed.as_secs_f64(),
+        filled.bytes as f64 / filled.records as f64
+    );
+
+    let raw = rt.block_on(consume_only(&fresh, &topic, filled.records, false));
+    eprintln!("bench: R_raw {:.0} records/s", raw.rate());
+    let dec = rt.block_on(consume_only(&fresh, &topic, filled.records, true));
+    eprintln!("bench: R_dec {:.0} records/s", dec.rate());
+    let sdb = rt.block_on(store_rate(
+        &fresh,
+        &session,
+        &filled.samples,
+        plan.sdb_writes,
+    ));
+    eprintln!("bench: S_db {:.0} upserts/s", sdb.rate());
+
+    let env = PipeEnv {
+        fresh: &fresh,
+        session: &session,
+        records: filled.records,
+    };
+    let mut freshness = FreshnessRun {
+        players: &mut players,
+        producer: &producer,
+        topic: &topic,
+        partitions,
+        duration: plan.freshness,
+        rate_cap: plan.freshness_rate_cap,
+        figures: None,
+    };
+    // One line per processor. The last also runs the freshness phase, whose fresh events
+    // then follow the prefilled ones in the topic; the nutrition processor's rows are the
+    // distinct-key write figure.
+    let pipes = vec![
+        rt.block_on(pipe(&env, EngagementProjection::new(), None)),
+        rt.block_on(pipe(&env, QuestsProjection::new(), None)),
+        rt.block_on(pipe(&env, InsightsProjection::new(), None)),
+        rt.block_on(pipe(&env, NutritionProjection::new(), Some(&mut freshness))),
+    ];
+    let freshness = freshness.figures.expect("the freshness phase ran");
+    rt.block_on(delete_topic(&fresh.config, &topic));
+
+    let report = Report {
+        plan: &plan,
+        machine,
+        load_at_end: load_average(),
+        prefix: &fresh.config.topology.prefix,
+        loop_config: &fresh.config.processors,
+        filled: &filled,
+        partitions,
+        raw: &raw,
+        dec: &dec,
+        sdb: &sdb,
+        pipes: &pipes,
+        freshness: &freshness,
+        total: started.elapsed(),
+    };
+    report.print();
+    std::fs::write(
+        fresh
+            .out_dir
+            .join(format!("processors{}.json", plan.suffix())),
+        serde_json::to_string_pretty(&report.json()).expect("report serialises") + "\n",
+    )
+    .expect("report written");
+
+    // The bench is also a test (`cargo test --all-targets`): every phase saw every record and
+    // the processors stopped cleanly without dead letters. No timing is asserted.
+    assert_eq!(raw.records, filled.records, "R_raw read every record");
+    assert_eq!(dec.records, filled.records, "R_dec decoded every record");
+    for pipe in &pipes {
+        assert_eq!(
+            pipe.summary.records,
+            pipe.records_expected + pipe.fresh_events,
+            "{}: every record",
+            pipe.name
+        );
+        assert_eq!(
+            pipe.summary.dead_lettered, 0,
+            "{}: no dead letter",
+            pipe.name
+        );
+        assert!(pipe.summary.applied > 0, "{}: events applied", pipe.name);
+        assert!(pipe.writes > 0, "{}: rows written", pipe.name);
+    }
+    assert!(freshness.observations > 0, "freshness observed");
+}
+
+/// The players and the aggregates the domain keeps for them.
+struct Players {
+    sims: Vec<UserSim>,
+    aggregates: HashMap<(AggregateKind, String), Aggregate>,
+    next: usize,
+}
+
+impl Players {
+    fn new(plan: &Plan) -> Players {
+        let generator = GeneratorConfig {
+            user_prefix: "pbench".to_owned(),
+            ..GeneratorConfig::new(SEED, plan.users)
+        };
+        Players {
+            sims: (0..plan.users)
+                .map(|i| UserSim::new(&generator, i))
+                .collect(),
+            aggregates: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    /// The next player's next command, decided by the domain at `now`: its user events.
+    fn play(&mut self, now: i64) -> Vec<Event> {
+        for _ in 0..self.sims.len() {
+            let index = self.next;
+            self.next = (self.next + 1) % self.sims.len();
+            let player = &mut self.sims[index];
+            let Some(planned) = player.next_command() else {
+                continue;
+            };
+            let command = planned.command;
+            let kind = AggregateKind::of_command(&command)
+                .expect("the simulator only sends commands of the processor's aggregates");
+            let aggregate = self
+                .aggregates
+                .entry((kind, command.header().aggregate_id.clone()))
+                .or_default();
+            let (outcome, events) = match decide(aggregate, &command, now) {
+                Ok(events) => {
+                    for event in &events {
+                        apply(aggregate, event).expect("decided events apply");
+                    }
+                    let outcome = CommandOutcome::Accepted {
+                        new_version: aggregate.version,
+                        event_ids: events.iter().map(|e| e.header().event_id).collect(),
+                    };
+                    (outcome, events)
+                }
+                Err(rejection) => (
+                    CommandOutcome::Rejected {
+                        reason: rejection.reason,
+                        message: rejection.message,
+                        field: rejection.field,
+                        expected_version: rejection.expected_version,
+                        current_version: rejection.current_version,
+                    },
+                    Vec::new(),
+                ),
+            };
+            player.observe(&outcome);
+            return if kind == AggregateKind::User {
+                events
+            } else {
+                Vec::new()
+            };
+        }
+        Vec::new()
+    }
+}
+
+/// The producer of the user events: idempotent, `acks=all`, no linger (the freshness phase
+/// times from the event's timestamp).
+fn event_producer(config: &Config) -> ThreadedProducer<Acks> {
+    config
+        .kafka
+        .client_config()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .create_with_context(Acks::default())
+        .expect("event producer")
+}
+
+/// Writes one event as the command processor does: key `<aggregate>/<version>`, type, source
+/// and routing headers, the aggregate's partition, the event's timestamp. Returns its size.
+async fn send_event(
+    fresh: &Fresh,
+    producer: &ThreadedProducer<Acks>,
+    topic: &str,
+    partitions: i32,
+    event: &Event,
+) -> usize {
+    let header = event.header();
+    let payload = event
+        .encode(&fresh.codec, topic)
+        .await
+        .expect("event encodes");
+    let key = format!("{}/{}", header.aggregate_id, header.version);
+    let headers = OwnedHeaders::new()
+        .insert(text_header(RECORD_TYPE_HEADER, event.record_type()))
+        .insert(text_header(
+            SOURCE_HEADER,
+            dietstream_commands::topics::PROCESSOR,
+        ))
+        .insert(text_header(ROUTING_KEY_HEADER, &header.aggregate_id));
+    enqueue(
+        producer,
+        BaseRecord::to(topic)
+            .key(key.as_str())
+            .payload(payload.as_slice())
+            .partition(partition_for(&header.aggregate_id, partitions))
+            .timestamp(header.timestamp / 1000)
+            .headers(headers),
+    );
+    payload.len()
+}
+
+/// What the prefill wrote.
+struct Filled {
+    records: u64,
+    bytes: u64,
+    mix: BTreeMap<String, u64>,
+    samples: Vec<Event>,
+    elapsed: Duration,
+}
+
+async fn prefill(
+    fresh: &Fresh,
+    producer: &ThreadedProducer<Acks>,
+    topic: &str,
+    partitions: i32,
+    players: &mut Players,
+    plan: &Plan,
+) -> Filled {
+    let started = Instant::now();
+    let mut filled = Filled {
+        records: 0,
+        bytes: 0,
+        mix: BTreeMap::new(),
+        samples: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    let commands = u64::from(plan.users) * u64::from(plan.commands_per_user);
+    let sample_every = (commands / SAMPLES as u64).max(1);
+    for n in 0..commands {
+        for event in players.play(now_micros()) {
+            filled.bytes += send_event(fresh, producer, topic, partitions, &event).await as u64;
+            filled.records += 1;
+            *filled
+                .mix
+                .entry(event.header().event_type.clone())
+                .or_default() += 1;
+            // Spread over the whole run: the first rounds are registrations and goals.
+            if n % sample_every == 0 && filled.samples.len() < SAMPLES {
+                filled.samples.push(event);
+            }
+        }
+        if plan.full && n % 200_000 == 0 && n > 0 {
+            eprintln!("bench: {n} commands played, {} user events", filled.records);
+        }
+    }
+    drain(producer, filled.records, "filling the user events");
+    filled.elapsed = started.elapsed();
+    filled
+}
+
+/// One consume-only phase.
+struct ConsumeFigures {
+    records: u64,
+    /// From subscribing to the last record.
+    from_subscribe: Duration,
+    /// From the first record to the last.
+    from_first: Duration,
+    decode_errors: u64,
+    cpu_seconds: f64,
+}
+
+impl ConsumeFigures {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.from_first.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Reads `records` records of `topic` in a fresh group with the loop's consumer settings and
+/// its way of taking batches; with `decode`, every record is decoded as the loop decodes.
+async fn consume_only(fresh: &Fresh, topic: &str, records: u64, decode: bool) -> ConsumeFigures {
+    let group = format!(
+        "{}.bench.{}",
+        fresh.config.topology.prefix,
+        if decode { "decode" } else { "raw" }
+    );
+    let consumer: StreamConsumer =
+        consume::consumer_config(&fresh.config.kafka.client_config(), &group)
+            .create()
+            .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let batch_size = fresh.config.processors.batch_size;
+    let cpu_start = cpu_ticks("/proc/self/stat").unwrap_or(0);
+    let subscribed = Instant::now();
+    let mut first = None;
+    let mut seen = 0;
+    let mut decode_errors = 0;
+    while seen < records {
+        let message = tokio::time::timeout(TIMEOUT, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{topic}: no record for {TIMEOUT:?} ({seen} read)"))
+            .expect("record");
+        first.get_or_insert_with(Instant::now);
+        let mut batch = vec![message.detach()];
+        while batch.len() < batch_size {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => batch.push(message.detach()),
+                _ => break,
+            }
+        }
+        seen += batch.len() as u64;
+        if decode {
+            for message in &batch {
+                let typed = message
+                    .headers()
+                    .is_some_and(|headers| headers.iter().any(|h| h.key == RECORD_TYPE_HEADER));
+                let decoded = match message.payload() {
+                    Some(payload) if typed => fresh.codec.decode_event(payload).await.is_ok(),
+                    _ => false,
+                };
+                decode_errors += u64::from(!decoded);
+            }
+        }
+    }
+    let end = Instant::now();
+    ConsumeFigures {
+        records: seen,
+        from_subscribe: end - subscribed,
+        from_first: end - first.unwrap_or(subscribed),
+        decode_errors,
+        cpu_seconds: cpu_ticks("/proc/self/stat")
+            .unwrap_or(0)
+            .saturating_sub(cpu_start) as f64
+            / TICKS_PER_SECOND,
+    }
+}
+
+/// A fresh keyspace named after `what`.
+async fn keyspace(fresh: &Fresh, session: &Session, what: &str) -> String {
+    let mut cql = fresh.config.cql.clone();
+    cql.keyspace = format!("pbench_{what}_{:08x}", rand::random::<u32>());
+    cql.create_keyspace(session)
+        .await
+        .unwrap_or_else(|e| panic!("keyspace {}: {e}", cql.keyspace));
+    cql.keyspace
+}
+
+async fn drop_keyspace(session: &Session, keyspace: &str) {
+    session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+        .await
+        .unwrap_or_else(|e| panic!("dropping {keyspace}: {e}"));
+}
+
+/// The raw upsert phase.
+struct StoreFigures {
+    table: &'static str,
+    columns: usize,
+    writes: usize,
+    in_flight: usize,
+    elapsed: Duration,
+    cassandra_cpu_seconds: Option<f64>,
+}
+
+impl StoreFigures {
+    fn rate(&self) -> f64 {
+        self.writes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Upserts `writes` rows of [`SDB_TABLE`], shaped as the nutrition projection writes them for
+/// the sampled events, each under a key of its own, through one prepared statement with the
+/// loop's `max_in_flight`.
+async fn store_rate(
+    fresh: &Fresh,
+    session: &Session,
+    samples: &[Event],
+    writes: usize,
+) -> StoreFigures {
+    let projection = NutritionProjection::new();
+    let keyspace = keyspace(fresh, session, "sdb").await;
+    dietstream_runtime::store::migrate(session, &projection, &keyspace)
+        .await
+        .expect("nutrition tables");
+    let table = projection
+        .tables()
+        .iter()
+        .find(|t| t.name == SDB_TABLE)
+        .expect("the nutrition processor writes the S_db table");
+    let origin = Origin {
+        topic: "pbench",
+        partition: 0,
+        offset: 0,
+    };
+    let shapes: Vec<Vec<Option<CqlValue>>> = samples
+        .iter()
+        .flat_map(|event| {
+            projection
+                .entities(event, &origin)
+                .into_iter()
+                .filter_map(|entity| {
+                    let mut state = Default::default();
+                    projection.apply(&entity, &mut state, event, &origin).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .flat_map(|effects| effects.rows)
+        .filter_map(|row| match row {
+            Row::Upsert { table, key, values } if table == SDB_TABLE => Some(
+                key.into_iter()
+                    .map(Some)
+                    .chain(values)
+                    .collect::<Vec<Option<CqlValue>>>(),
+            ),
+            _ => None,
+        })
+        .collect();
+    assert!(!shapes.is_empty(), "the samples give {SDB_TABLE} rows");
+    let columns: Vec<&str> = table.key.iter().chain(table.values).copied().collect();
+    let statement = session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.{SDB_TABLE} ({}) VALUES ({})",
+            columns.join(", "),
+            vec!["?"; columns.len()].join(", ")
+        ))
+        .await
+        .expect("prepared upsert");
+    // Key column 0 is the user: a fresh one per row makes every key distinct.
+    let rows: Vec<Vec<Option<CqlValue>>> = (0..writes)
+        .map(|i| {
+            let mut row = shapes[i % shapes.len()].clone();
+            row[0] = Some(CqlValue::Text(format!("sdb-{i}")));
+            row
+        })
+        .collect();
+    let in_flight = fresh.config.processors.max_in_flight;
+    let cassandra = cassandra_pid();
+    let cpu = || cassandra.and_then(|pid| cpu_ticks(&format!("/proc/{pid}/stat")));
+    let cpu_start = cpu();
+    let started = Instant::now();
+    let results: Vec<_> = futures::stream::iter(rows.iter())
+        .map(|row| session.execute_unpaged(&statement, row))
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let cpu_end = cpu();
+    for result in results {
+        result.expect("upsert");
+    }
+    drop_keyspace(session, &keyspace).await;
+    StoreFigures {
+        table: SDB_TABLE,
+        columns: columns.len(),
+        writes,
+        in_flight,
+        elapsed,
+        cassandra_cpu_seconds: cpu_start
+            .zip(cpu_end)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / TICKS_PER_SECOND),
+    }
+}
+
+/// What every pipe phase shares.
+struct PipeEnv<'a> {
+    fresh: &'a Fresh,
+    session: &'a Arc<Session>,
+    records: u64,
+}
+
+/// The freshness phase's inputs, and its figures once it ran.
+struct FreshnessRun<'a> {
+    players: &'a mut Players,
+    producer: &'a ThreadedProducer<Acks>,
+    topic: &'a str,
+    partitions: i32,
+    duration: Duration,
+    rate_cap: f64,
+    figures: Option<FreshnessFigures>,
+}
+
+/// The freshness phase.
+struct FreshnessFigures {
+    processor: &'static str,
+    target_rate: f64,
+    rate: f64,
+    events: u64,
+    seconds: f64,
+    observations: u64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    /// Upper bound of the histogram bucket that holds the p99.
+    p99_bucket_ms: Option<f64>,
+    buckets: Vec<(f64, u64)>,
+}
+
+/// CPU ticks of this process, Cassandra and the broker at one moment.
+#[derive(Clone, Copy)]
+struct Cpu {
+    process: u64,
+    cassandra: Option<u64>,
+    broker: Option<u64>,
+}
+
+fn cpu_now(cassandra: Option<u32>, broker: Option<u32>) -> Cpu {
+    let of = |pid: Option<u32>| pid.and_then(|p| cpu_ticks(&format!("/proc/{p}/stat")));
+    Cpu {
+        process: cpu_ticks("/proc/self/stat").unwrap_or(0),
+        cassandra: of(cassandra),
+        broker: of(broker),
+    }
+}
+
+/// One processor's pipe phase.
+struct PipeFigures {
+    name: &'static str,
+    records_expected: u64,
+    from_start: Duration,
+    from_first: Duration,
+    /// CPU seconds over the phase: this process, Cassandra, the broker.
+    cpu: (f64, Option<f64>, Option<f64>),
+    /// CQL writes acknowledged (rows and states), by table.
+    writes_by_table: BTreeMap<String, u64>,
+    writes: u64,
+    /// The loop's summary: it covers the freshness phase's records too.
+    summary: dietstream_runtime::LoopSummary,
+    /// Records produced in the freshness phase while this processor ran.
+    fresh_events: u64,
+    batches: u64,
+}
+
+impl PipeFigures {
+    fn rate(&self) -> f64 {
+        self.records_expected as f64 / self.from_first.as_secs_f64().max(1e-9)
+    }
+
+    fn writes_per_second(&self) -> f64 {
+        self.writes as f64 / self.from_first.as_secs_f64().max(1e-9)
+    }
+
+    fn per_million(&self, seconds: f64) -> f64 {
+        seconds * 1e6 / self.records_expected as f64
+    }
+}
+
+/// The metric families of `name` for `processor`.
+fn families<'a>(
+    gathered: &'a [MetricFamily],
+    name: &str,
+    processor: &str,
+) -> Vec<&'a prometheus::proto::Metric> {
+    gathered
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "processor" && l.value() == processor)
+        })
+        .collect()
+}
+
+fn counter_sum(gathered: &[MetricFamily], name: &str, processor: &str) -> f64 {
+    families(gathered, name, processor)
+        .iter()
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+/// Records of the processor's batches whose writes are acknowledged and offsets stored.
+fn batch_records(gathered: &[MetricFamily], processor: &str) -> f64 {
+    families(gathered, "dietstream_batch_records", processor)
+        .iter()
+        .map(|m| m.get_histogram().get_sample_sum())
+        .sum()
+}
+
+/// Cumulative (upper bound, count) of the processor's freshness histogram.
+fn freshness_buckets(gathered: &[MetricFamily], processor: &str) -> Vec<(f64, u64)> {
+    families(gathered, "dietstream_freshness_seconds", processor)
+        .first()
+        .map(|m| {
+            m.get_histogram()
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `projection` through the loop into a fresh keyspace until every record is processed;
+/// then the freshness phase when asked.
+async fn pipe<P: Projection>(
+    env: &PipeEnv<'_>,
+    projection: P,
+    freshness: Option<&mut FreshnessRun<'_>>,
+) -> PipeFigures {
+    let fresh = env.fresh;
+    let name = projection.name();
+    let keyspace = keyspace(fresh, env.session, name).await;
+    dietstream_runtime::store::migrate(env.session, &projection, &keyspace)
+        .await
+        .expect("tables");
+    let store = Store::prepare(Arc::clone(env.session), &projection, &keyspace)
+        .await
+        .expect("statements");
+    let registry = prometheus::Registry::new();
+    let metrics = ProcessorMetrics::new(name, &registry).expect("metrics");
+    let parts = Parts {
+        projection: Arc::new(projection),
+        topics: ProcessorTopics::from_desired(&fresh.desired, name).expect("processor topics"),
+        store,
+        codec: Arc::clone(&fresh.codec),
+        config: fresh.config.processors.clone(),
+        metrics,
+    };
+    let (cassandra, broker) = (cassandra_pid(), broker_pid());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let kafka = fresh.config.kafka.client_config();
+    eprintln!("bench: R_pipe of {name}");
+    let cpu_start = cpu_now(cassandra, broker);
+    let started = Instant::now();
+    let running = tokio::spawn(async move {
+        consume::run(parts, &kafka, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let mut first = None;
+    let mut last_progress = (Instant::now(), 0.0);
+    let end = loop {
+        assert!(!running.is_finished(), "{name}: the loop stopped early");
+        let gathered = registry.gather();
+        let consumed = counter_sum(&gathered, "dietstream_records_consumed_total", name);
+        if consumed > 0.0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        // A batch is observed once its writes are acknowledged and its offsets stored.
+        let processed = batch_records(&gathered, name);
+        if processed >= env.records as f64 {
+            break Instant::now();
+        }
+        if processed > last_progress.1 {
+            last_progress = (Instant::now(), processed);
+        }
+        assert!(
+            last_progress.0.elapsed() < TIMEOUT,
+            "{name}: no progress for {TIMEOUT:?} ({processed} of {} records)",
+            env.records
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    let cpu_end = cpu_now(cassandra, broker);
+    let gathered = registry.gather();
+    let mut writes_by_table = BTreeMap::new();
+    for family in gathered
+        .iter()
+        .filter(|f| f.name() == "dietstream_cql_write_duration_seconds")
+    {
+        for metric in family.get_metric() {
+            let table = metric
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "table")
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default();
+            *writes_by_table.entry(table).or_default() += metric.get_histogram().get_sample_count();
+        }
+    }
+    let batches = families(&gathered, "dietstream_batch_records", name)
+        .iter()
+        .map(|m| m.get_histogram().get_sample_count())
+        .sum();
+    let seconds = |a: Option<u64>, b: Option<u64>| {
+        a.zip(b)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / TICKS_PER_SECOND)
+    };
+    let figures = PipeFigures {
+        name,
+        records_expected: env.records,
+        from_start: end - started,
+        from_first: end - first.unwrap_or(started),
+        cpu: (
+            cpu_end.process.saturating_sub(cpu_start.process) as f64 / TICKS_PER_SECOND,
+            seconds(cpu_start.cassandra, cpu_end.cassandra),
+            seconds(cpu_start.broker, cpu_end.broker),
+        ),
+        writes: writes_by_table.values().sum(),
+        writes_by_table,
+        summary: Default::default(),
+        fresh_events: 0,
+        batches,
+    };
+    eprintln!(
+        "bench: {name}: {:.0} records/s, {:.0} CQL writes/s",
+        figures.rate(),
+        figures.writes_per_second()
+    );
+    let mut fresh_events = 0;
+    if let Some(run) = freshness {
+        let measured =
+            measure_freshness(fresh, &registry, name, figures.rate(), env.records, run).await;
+        fresh_events = measured.events;
+        run.figures = Some(measured);
+    }
+    let _ = stop.send(());
+    let summary = running
+        .await
+        .expect("loop task")
+        .unwrap_or_else(|e| panic!("{name}: the loop failed: {e}"));
+    drop_keyspace(env.session, &keyspace).await;
+    PipeFigures {
+        summary,
+        fresh_events,
+        ..figures
+    }
+}
+
+/// Produces fresh events at half of `rate` (capped) for the run's duration while the
+/// processor runs, and reads the freshness histogram's change.
+async fn measure_freshness(
+    fresh: &Fresh,
+    registry: &prometheus::Registry,
+    processor: &'static str,
+    rate: f64,
+    records: u64,
+    run: &mut FreshnessRun<'_>,
+) -> FreshnessFigures {
+    let target_rate = (rate * 0.5).min(run.rate_cap);
+    eprintln!(
+        "bench: freshness of {processor} at {target_rate:.0} events/s for {:.0} s",
+        run.duration.as_secs_f64()
+    );
+    let before = freshness_buckets(&registry.gather(), processor);
+    let delivered_before = run
+        .producer
+        .context()
+        .delivered
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let mut events = 0u64;
+    while started.elapsed() < run.duration {
+        let due = (started.elapsed().as_secs_f64() * target_rate) as u64;
+        if events >= due {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        for event in run.players.play(now_micros()) {
+            send_event(fresh, run.producer, run.topic, run.partitions, &event).await;
+            events += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drain(run.producer, delivered_before + events, "fresh events");
+    // Every fresh record processed: a batch is observed once its writes are acknowledged.
+    let deadline = Instant::now() + TIMEOUT;
+    let after = loop {
+        let gathered = registry.gather();
+        let processed = batch_records(&gathered, processor);
+        if processed >= (records + events) as f64 {
+            break freshness_buckets(&gathered, processor);
+        }
+        assert!(Instant::now() < deadline, "fresh events not processed");
+        tokio::time::sleep(POLL).await;
+    };
+    let buckets: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(bound, count)| {
+            let was = before.iter().find(|b| b.0 == *bound).map_or(0, |b| b.1);
+            (*bound, count - was)
+        })
+        .collect();
+    let observations = buckets.last().map_or(0, |b| b.1);
+    FreshnessFigures {
+        processor,
+        target_rate,
+        rate: events as f64 / seconds,
+        events,
+        seconds,
+        observations,
+        p50_ms: histogram_quantile(&buckets, 0.5).map(|(v, _)| v * 1e3),
+        p99_ms: histogram_quantile(&buckets, 0.99).map(|(v, _)| v * 1e3),
+        p99_bucket_ms: histogram_quantile(&buckets, 0.99).map(|(_, b)| b * 1e3),
+        buckets,
+    }
+}
+
+/// The `q` quantile of cumulative buckets, interpolated linearly within its bucket as
+/// Prometheus' `histogram_quantile` does, with the bucket's upper bound.
+fn histogram_quantile(buckets: &[(f64, u64)], q: f64) -> Option<(f64, f64)> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0);
+    for &(bound, count) in buckets {
+        if count as f64 >= rank {
+            let within = (rank - lower.1 as f64) / (count - lower.1).max(1) as f64;
+            return Some((lower.0 + (bound - lower.0) * within, bound));
+        }
+        lower = (bound, count);
+    }
+    None
+}
+
+async fn delete_topic(config: &Config, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> =
+        config.kafka.client_config().create().expect("admin client");
+    let _ = admin
+        .delete_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+        )
+        .await;
+}
+
+/// Everything measured, printed as a table and written as JSON.
+struct Report<'a> {
+    plan: &'a Plan,
+    machine: serde_json::Value,
+    load_at_end: String,
+    prefix: &'a str,
+    loop_config: &'a dietstream_runtime::LoopConfig,
+    filled: &'a Filled,
+    partitions: i32,
+    raw: &'a ConsumeFigures,
+    dec: &'a ConsumeFigures,
+    sdb: &'a StoreFigures,
+    pipes: &'a [PipeFigures],
+    freshness: &'a FreshnessFigures,
+    total: Duration,
+}
+
+/// Goals of issue 5.
+const GOAL_DEC: f64 = 0.8;
+const GOAL_PIPE: f64 = 0.5;
+const GOAL_WRITES: f64 = 0.7;
+const GOAL_FRESHNESS_SLACK_MS: f64 = 20.0;
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+impl Report<'_> {
+    /// The loop writes each batch as soon as it is taken: no flush interval holds rows back.
+    fn flush_interval_ms(&self) -> f64 {
+        0.0
+    }
+
+    fn freshness_goal_ms(&self) -> f64 {
+        self.flush_interval_ms() + GOAL_FRESHNESS_SLACK_MS
+    }
+
+    /// The pipe of the processor whose writes are the distinct-key figure.
+    fn distinct_pipe(&self) -> &PipeFigures {
+        self.pipes
+            .iter()
+            .find(|p| p.name == DISTINCT_KEY_PROCESSOR)
+            .unwrap_or(&self.pipes[0])
+    }
+
+    /// CQL writes per second of the nutrition pipe over S_db.
+    fn distinct_write_ratio(&self) -> f64 {
+        self.distinct_pipe().writes_per_second() / self.sdb.rate()
+    }
+
+    fn print(&self) {
+        let (raw, dec, sdb, f) = (self.raw, self.dec, self.sdb, self.freshness);
+        println!();
+        println!(
+            "read-model processors benchmark ({} run) — {} CPUs, {}, prefix {}",
+            if self.plan.full { "full" } else { "smoke" },
+            self.machine["nproc"],
+            self.machine["date_utc"].as_str().unwrap_or("?"),
+            self.prefix
+        );
+        println!(
+            "topic: {} user events of {} players ({} partitions, {:.0} B avg), load average {} at start, {} at end",
+            self.filled.records,
+            self.plan.users,
+            self.partitions,
+            self.filled.bytes as f64 / self.filled.records as f64,
+            self.machine["load_average_at_start"].as_str().unwrap_or("?"),
+            self.load_at_end
+        );
+        println!();
+        let row = |name: &str, value: String| println!("{name:<44} {value:>34}");
+        row(
+            "R_raw: records/s (consume only)",
+            format!("{:.0}", raw.rate()),
+        );
+        row(
+            "R_dec: records/s (consume + decode)",
+            format!("{:.0}", dec.rate()),
+        );
+        row(
+            "S_db: upserts/s (distinct keys)",
+            format!(
+                "{:.0} ({} cols, {} in flight)",
+                sdb.rate(),
+                sdb.columns,
+                sdb.in_flight
+            ),
+        );
+        for p in self.pipes {
+            row(
+                &format!("R_pipe {}: records/s", p.name),
+                format!("{:.0} ({:.1} s)", p.rate(), p.from_first.as_secs_f64()),
+            );
+            row(
+                &format!("  {}: CPU s per M records (self/cql/kafka)", p.name),
+                format!(
+                    "{:.1} / {} / {}",
+                    p.per_million(p.cpu.0),
+                    p.cpu
+                        .1
+                        .map_or("-".to_owned(), |s| format!("{:.1}", p.per_million(s))),
+                    p.cpu
+                        .2
+                        .map_or("-".to_owned(), |s| format!("{:.1}", p.per_million(s)))
+                ),
+            );
+            row(
+                &format!("  {}: CQL writes/s (rows+states)", p.name),
+                format!("{:.0} ({} writes)", p.writes_per_second(), p.writes),
+            );
+        }
+        let ratio_dec = dec.rate() / raw.rate();
+        row(
+            "R_dec / R_raw (goal ≥ 0.8)",
+            format!("{ratio_dec:.3} {}", met(ratio_dec >= GOAL_DEC)),
+        );
+        for p in self.pipes {
+            let r = p.rate() / raw.rate();
+            row(
+                &format!("R_pipe {} / R_raw (goal ≥ 0.5)", p.name),
+                format!("{r:.3} {}", met(r >= GOAL_PIPE)),
+            );
+        }
+        let w = self.distinct_write_ratio();
+        row(
+            "distinct-key writes/s / S_db (goal ≥ 0.7)",
+            format!("{w:.3} {}", met(w >= GOAL_WRITES)),
+        );
+        row(
+            &format!("freshness {} at {:.0}/s: p50 / p99", f.processor, f.rate),
+            format!(
+                "{} / {} ms",
+                f.p50_ms.map_or("-".to_owned(), |v| format!("{v:.1}")),
+                f.p99_ms.map_or("-".to_owned(), |v| format!("{v:.1}"))
+            ),
+        );
+        let goal = self.freshness_goal_ms();
+        row(
+            "p99 freshness vs flush interval + 20 ms",
+            format!(
+                "{} ≤ {goal:.0} ms {}",
+                f.p99_ms.map_or("-".to_owned(), |v| format!("{v:.1}")),
+                met(f.p99_ms.is_some_and(|v| v <= goal))
+            ),
+        );
+        row("bench total", format!("{:.1} s", self.total.as_secs_f64()));
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let (raw, dec, sdb, f) = (self.raw, self.dec, self.sdb, self.freshness);
+        let consume = |c: &ConsumeFigures| {
+            json!({
+                "records": c.records,
+                "records_per_second": c.rate(),
+                "seconds_from_first_record": c.from_first.as_secs_f64(),
+                "seconds_from_subscribe": c.from_subscribe.as_secs_f64(),
+                "records_per_second_from_subscribe": c.records as f64 / c.from_subscribe.as_secs_f64().max(1e-9),
+                "decode_errors": c.decode_errors,
+                "process_cpu_seconds": c.cpu_seconds,
+            })
+        };
+        let pipes: Vec<serde_json::Value> = self
+            .pipes
+            .iter()
+            .map(|p| {
+                json!({
+                    "processor": p.name,
+                    "records": p.records_expected,
+                    "records_per_second": p.rate(),
+                    "seconds_from_first_record": p.from_first.as_secs_f64(),
+                    "seconds_from_start": p.from_start.as_secs_f64(),
+                    "over_r_raw": p.rate() / raw.rate(),
+                    "goal_over_r_raw": GOAL_PIPE,
+                    "cpu_seconds": {"process": p.cpu.0, "cassandra": p.cpu.1, "kafka_broker": p.cpu.2},
+                    "cpu_seconds_per_million_records": {
+                        "process": p.per_million(p.cpu.0),
+                        "cassandra": p.cpu.1.map(|s| p.per_million(s)),
+                        "kafka_broker": p.cpu.2.map(|s| p.per_million(s)),
+                    },
+                    "cql_writes": p.writes,
+                    "cql_writes_by_table": p.writes_by_table,
+                    "cql_writes_per_second": p.writes_per_second(),
+                    "batches": p.batches,
+                    "loop_summary": {
+                        "records": p.summary.records,
+                        "skipped": p.summary.skipped,
+                        "applied": p.summary.applied,
+                        "dead_lettered": p.summary.dead_lettered,
+                        "rows": p.summary.rows,
+                        "commands": p.summary.commands,
+                        "retries": p.summary.retries,
+                    },
+                })
+            })
+            .collect();
+        json!({
+            "run": if self.plan.full { "full" } else { "smoke" },
+            "machine": self.machine,
+            "load_average_at_end": self.load_at_end,
+            "prefix": self.prefix,
+            "total_seconds": self.total.as_secs_f64(),
+            "loop_config": {
+                "batch_size": self.loop_config.batch_size,
+                "max_in_flight": self.loop_config.max_in_flight,
+                "idle_interval_ms": self.loop_config.idle_interval.as_millis() as u64,
+                "flush_interval_ms": self.flush_interval_ms(),
+                "flush_interval_note": "the loop has no flush interval: each batch of arrived records is written when taken",
+            },
+            "topic": {
+                "users": self.plan.users,
+                "commands_per_user": self.plan.commands_per_user,
+                "records": self.filled.records,
+                "partitions": self.partitions,
+                "value_bytes": self.filled.bytes,
+                "value_bytes_mean": self.filled.bytes as f64 / self.filled.records as f64,
+                "event_mix": self.filled.mix,
+                "fill_seconds": self.filled.elapsed.as_secs_f64(),
+            },
+            "r_raw": consume(raw),
+            "r_dec": consume(dec),
+            "s_db": {
+                "table": sdb.table,
+                "columns": sdb.columns,
+                "writes": sdb.writes,
+                "in_flight": sdb.in_flight,
+                "seconds": sdb.elapsed.as_secs_f64(),
+                "upserts_per_second": sdb.rate(),
+                "cassandra_cpu_seconds": sdb.cassandra_cpu_seconds,
+            },
+            "r_pipe": pipes,
+            "freshness": {
+                "processor": f.processor,
+                "target_rate": f.target_rate,
+                "rate": f.rate,
+                "events": f.events,
+                "seconds": f.seconds,
+                "observations": f.observations,
+                "p50_ms": f.p50_ms,
+                "p99_ms": f.p99_ms,
+                "p99_bucket_upper_bound_ms": f.p99_bucket_ms,
+                "buckets_seconds_cumulative": f.buckets,
+                "goal_ms": self.freshness_goal_ms(),
+            },
+            "ratios": {
+                "r_dec_over_r_raw": dec.rate() / raw.rate(),
+                "r_dec_goal": GOAL_DEC,
+                "r_pipe_over_r_raw": self.pipes.iter().map(|p| (p.name, p.rate() / raw.rate())).collect::<BTreeMap<_, _>>(),
+                "r_pipe_goal": GOAL_PIPE,
+                "distinct_key_writes_over_s_db": self.distinct_write_ratio(),
+                "distinct_key_writes_processor": self.distinct_pipe().name,
+                "distinct_key_writes_goal": GOAL_WRITES,
+                "freshness_p99_ms": f.p99_ms,
+                "freshness_goal_ms": self.freshness_goal_ms(),
+            },
+        })
+    }
+}
