@@ -11,6 +11,7 @@
 pub mod commands;
 #[cfg(feature = "containers")]
 mod containers;
+pub mod oracle;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -189,4 +190,41 @@ async fn check_reachable(config: &Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("CQL query on system.local: {e}"))?;
     Ok(())
+}
+
+/// Plays `users` simulated players of `seed` (ids `<prefix>-<index>`) through a command bus
+/// of `config` at `rate` commands per second until `commands` were sent; asserts that every
+/// command got a result. The command processor must be running.
+pub async fn simulate(
+    config: &Config,
+    prefix: String,
+    seed: u64,
+    users: u32,
+    commands: u64,
+    rate: f64,
+) -> dietstream::simulate::Summary {
+    let bus = std::sync::Arc::new(
+        dietstream::bus::CommandBus::from_config(config, "simulator")
+            .await
+            .expect("bus"),
+    );
+    let mut generator = dietstream::simulate::GeneratorConfig::new(seed, users);
+    generator.user_prefix = prefix;
+    let summary = dietstream::simulate::run(
+        bus,
+        dietstream::simulate::SimulateOptions {
+            generator,
+            rate,
+            duration: None,
+            max_commands: Some(commands),
+            timeout: Duration::from_secs(120),
+            record: None,
+            progress: false,
+        },
+        std::future::pending(),
+    )
+    .await
+    .expect("simulation runs");
+    assert_eq!((summary.timeouts, summary.errors), (0, 0), "{summary:?}");
+    summary
 }
