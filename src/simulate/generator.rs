@@ -114,7 +114,15 @@ pub struct Planned {
     pub command: Command,
     /// `Some` when the command is invalid on purpose.
     pub deliberate: Option<Deliberate>,
+    /// How many times this command was refused with `CONCURRENCY_CONFLICT` before and is now
+    /// sent again (0 for a first send), with a fresh command id and the version the rejection
+    /// reported, as a game client would.
+    pub resend: u32,
 }
+
+/// How often a player sends a command again after `CONCURRENCY_CONFLICT` rejections before
+/// giving it up (another writer, e.g. the quests processor, advanced the aggregate meanwhile).
+pub const MAX_RESENDS: u32 = 3;
 
 /// The kinds of aggregate a player writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -190,6 +198,10 @@ struct InFlight {
     key: (Agg, String),
     effect: Effect,
     deliberate: bool,
+    /// The command as sent, kept to send it again after a concurrency conflict.
+    command: Command,
+    /// Times it was already sent again.
+    resends: u32,
 }
 
 /// Actions a player can take; chosen by weight from the player's state.
@@ -242,6 +254,8 @@ pub struct UserSim {
     open_query: Option<(Uuid, Uuid)>,
     responses: Vec<Uuid>,
     in_flight: Option<InFlight>,
+    /// A command refused for a stale version, to send again before anything else.
+    resend: Option<InFlight>,
     /// Day of the last daily-login XP award.
     login_day: i64,
 }
@@ -282,6 +296,7 @@ impl UserSim {
             open_query: None,
             responses: Vec::new(),
             in_flight: None,
+            resend: None,
             login_day: i64::MIN,
         }
     }
@@ -306,6 +321,16 @@ impl UserSim {
     pub fn next_command(&mut self) -> Option<Planned> {
         if self.stopped || self.in_flight.is_some() {
             return None;
+        }
+        if let Some(flight) = self.resend.take() {
+            // The same action at the same simulated time: the clock does not move.
+            let planned = Planned {
+                command: flight.command.clone(),
+                deliberate: None,
+                resend: flight.resends,
+            };
+            self.in_flight = Some(flight);
+            return Some(planned);
         }
         self.advance_clock();
         let planned = if !self.registered {
@@ -352,11 +377,25 @@ impl UserSim {
                     self.stopped = true;
                 } else if *reason == RejectionReason::ConcurrencyConflict {
                     if let Some(current) = current_version {
-                        self.versions.insert(flight.key, *current);
+                        self.versions.insert(flight.key.clone(), *current);
+                        if flight.resends < MAX_RESENDS {
+                            self.resend_later(flight, *current);
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Prepares `flight` to be sent again with a new command id and `current` as the expected
+    /// version; [`UserSim::next_command`] returns it next.
+    fn resend_later(&mut self, mut flight: InFlight, current: i64) {
+        let command_id = self.uuid();
+        let header = flight.command.header_mut();
+        header.command_id = command_id;
+        header.expected_version = Some(current);
+        flight.resends += 1;
+        self.resend = Some(flight);
     }
 
     /// The command returned by the last [`UserSim::next_command`] got no result (timeout, send
@@ -448,10 +487,13 @@ impl UserSim {
             key,
             effect,
             deliberate: false,
+            command: command.clone(),
+            resends: 0,
         });
         Planned {
             command,
             deliberate: None,
+            resend: 0,
         }
     }
 

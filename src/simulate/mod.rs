@@ -24,7 +24,7 @@ use std::time::Duration;
 use dietstream_schemas::Command;
 use tokio::time::Instant;
 
-pub use generator::{Deliberate, GeneratorConfig, Planned, UserSim};
+pub use generator::{Deliberate, GeneratorConfig, Planned, UserSim, MAX_RESENDS};
 pub use stats::Summary;
 
 use crate::bus::{BusError, CommandBus, CommandOutcome};
@@ -261,7 +261,7 @@ async fn play(shared: &Shared, index: u32) {
         let Some(planned) = user.next_command() else {
             return;
         };
-        lock(&shared.stats).sent(planned.deliberate);
+        lock(&shared.stats).sent(&planned);
         let sent_at = Instant::now();
         let result = shared
             .bus
@@ -270,7 +270,7 @@ async fn play(shared: &Shared, index: u32) {
         let latency = sent_at.elapsed();
         match &result {
             Ok(outcome) => {
-                lock(&shared.stats).answered(outcome, planned.deliberate, latency);
+                lock(&shared.stats).answered(outcome, &planned, latency);
                 user.observe(outcome);
             }
             Err(e) => {

@@ -5,14 +5,19 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use super::generator::Deliberate;
+use super::generator::Planned;
 use crate::bus::CommandOutcome;
 
 /// The figures of a run so far (or at its end).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Summary {
-    /// Commands sent (including those that got no result).
+    /// Commands sent (including those that got no result, and resends).
     pub sent: u64,
+    /// Of `sent`, commands sent again after a `CONCURRENCY_CONFLICT` rejection (each attempt
+    /// counted; the rejections they follow stay counted in `rejected`).
+    pub resent: u64,
+    /// Of `resent`, resends that were accepted.
+    pub resent_accepted: u64,
     /// Commands accepted.
     pub accepted: u64,
     /// Commands rejected, by reason (the Avro symbol, e.g. `CONCURRENCY_CONFLICT`).
@@ -79,6 +84,13 @@ impl fmt::Display for Summary {
                 .collect();
             write!(f, " ({})", reasons.join(", "))?;
         }
+        if self.resent > 0 {
+            write!(
+                f,
+                " | resent {} ({} accepted)",
+                self.resent, self.resent_accepted
+            )?;
+        }
         write!(
             f,
             " | timeouts {} | errors {} | {:.1}/s | p50 {} p99 {} | {:.0} s",
@@ -101,19 +113,23 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn sent(&mut self, deliberate: Option<Deliberate>) {
+    pub(crate) fn sent(&mut self, planned: &Planned) {
         self.summary.sent += 1;
-        if deliberate.is_some() {
+        if planned.deliberate.is_some() {
             self.summary.deliberate += 1;
+        }
+        if planned.resend > 0 {
+            self.summary.resent += 1;
         }
     }
 
     pub(crate) fn answered(
         &mut self,
         outcome: &CommandOutcome,
-        deliberate: Option<Deliberate>,
+        planned: &Planned,
         latency: Duration,
     ) {
+        let deliberate = planned.deliberate;
         self.latencies
             .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
         match outcome {
@@ -121,6 +137,9 @@ impl Stats {
                 self.summary.accepted += 1;
                 if deliberate.is_some() {
                     self.summary.deliberate_accepted += 1;
+                }
+                if planned.resend > 0 {
+                    self.summary.resent_accepted += 1;
                 }
             }
             CommandOutcome::Rejected { reason, .. } => {
@@ -171,41 +190,55 @@ fn percentile(sorted: &[u64], q: f64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simulate::{Deliberate, GeneratorConfig, UserSim};
     use dietstream_schemas::types::RejectionReason;
 
     #[test]
-    fn percentiles_and_reasons() {
+    fn percentiles_reasons_and_resends() {
+        let first = UserSim::new(&GeneratorConfig::new(1, 1), 0)
+            .next_command()
+            .expect("a command");
+        let stale = Planned {
+            deliberate: Some(Deliberate::StaleVersion),
+            ..first.clone()
+        };
+        let resend = Planned {
+            resend: 1,
+            ..first.clone()
+        };
+        let accepted = CommandOutcome::Accepted {
+            new_version: 1,
+            event_ids: Vec::new(),
+        };
+        let conflict = CommandOutcome::Rejected {
+            reason: RejectionReason::ConcurrencyConflict,
+            message: String::new(),
+            field: None,
+            expected_version: None,
+            current_version: None,
+        };
         let mut stats = Stats::default();
-        for ms in 1..=100 {
-            stats.sent(None);
-            stats.answered(
-                &CommandOutcome::Accepted {
-                    new_version: 1,
-                    event_ids: Vec::new(),
-                },
-                None,
-                Duration::from_millis(ms),
-            );
+        for ms in 1..=99 {
+            stats.sent(&first);
+            stats.answered(&accepted, &first, Duration::from_millis(ms));
         }
-        stats.sent(Some(Deliberate::StaleVersion));
-        stats.answered(
-            &CommandOutcome::Rejected {
-                reason: RejectionReason::ConcurrencyConflict,
-                message: String::new(),
-                field: None,
-                expected_version: None,
-                current_version: None,
-            },
-            Some(Deliberate::StaleVersion),
-            Duration::from_millis(1),
-        );
+        stats.sent(&stale);
+        stats.answered(&conflict, &stale, Duration::from_millis(1));
+        stats.sent(&first);
+        stats.answered(&conflict, &first, Duration::from_millis(100));
+        stats.sent(&resend);
+        stats.answered(&accepted, &resend, Duration::from_millis(100));
         let summary = stats.summary(Duration::from_secs(10));
-        assert_eq!(summary.sent, 101);
-        assert_eq!(summary.rejected.get("CONCURRENCY_CONFLICT"), Some(&1));
-        assert_eq!(summary.unexpected_rejections, 0);
+        assert_eq!(summary.sent, 102);
+        assert_eq!(summary.accepted, 100);
+        assert_eq!(summary.rejected.get("CONCURRENCY_CONFLICT"), Some(&2));
+        assert_eq!(summary.unexpected_rejections, 1);
+        assert_eq!((summary.resent, summary.resent_accepted), (1, 1));
         assert_eq!(summary.p50, Some(Duration::from_millis(50)));
-        assert_eq!(summary.p99, Some(Duration::from_millis(99)));
-        assert!((summary.rate() - 10.1).abs() < 1e-9);
-        assert!(summary.to_string().contains("CONCURRENCY_CONFLICT 1"));
+        assert_eq!(summary.p99, Some(Duration::from_millis(100)));
+        assert!((summary.rate() - 10.2).abs() < 1e-9);
+        let line = summary.to_string();
+        assert!(line.contains("CONCURRENCY_CONFLICT 2"), "{line}");
+        assert!(line.contains("resent 1 (1 accepted)"), "{line}");
     }
 }

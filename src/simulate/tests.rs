@@ -294,6 +294,92 @@ fn a_refused_registration_stops_the_player() {
     assert!(user.next_command().is_none());
 }
 
+/// The body of a command without its id and expected version: what a resend must keep.
+fn without_id_and_version(command: &Command) -> serde_json::Value {
+    let mut command = command.clone();
+    let header = command.header_mut();
+    header.command_id = uuid::Uuid::nil();
+    header.expected_version = None;
+    command_json(&command)
+}
+
+#[test]
+fn a_concurrency_conflict_is_resent_with_the_current_version_at_most_three_times() {
+    let config = config(13, 1, 0.0);
+    let mut model = Model::default();
+    let mut user = UserSim::new(&config, 0);
+    for _ in 0..2 {
+        let planned = user.next_command().expect("register, then goal");
+        let outcome = model.answer(&planned);
+        assert!(outcome.is_accepted(), "{outcome:?}");
+        user.observe(&outcome);
+    }
+    let first = user.next_command().expect("a game command");
+    let header = first.command.header();
+    let key = (header.aggregate_type, header.aggregate_id.clone());
+    let mut previous = first.clone();
+    for attempt in 1..=MAX_RESENDS {
+        // Another writer (the quests processor) advanced the aggregate meanwhile.
+        *model.versions.entry(key.clone()).or_default() += 1;
+        let outcome = model.answer(&previous);
+        assert_eq!(
+            outcome.rejection_reason(),
+            Some(RejectionReason::ConcurrencyConflict)
+        );
+        user.observe(&outcome);
+        let resend = user.next_command().expect("the resend");
+        assert_eq!(resend.resend, attempt);
+        assert_eq!(resend.deliberate, None);
+        assert_ne!(
+            resend.command.header().command_id,
+            previous.command.header().command_id
+        );
+        assert_eq!(
+            resend.command.header().expected_version,
+            model.versions.get(&key).copied()
+        );
+        assert_eq!(
+            without_id_and_version(&resend.command),
+            without_id_and_version(&first.command)
+        );
+        previous = resend;
+    }
+    // A fourth conflict: the player gives the command up and plays on.
+    *model.versions.entry(key.clone()).or_default() += 1;
+    let outcome = model.answer(&previous);
+    user.observe(&outcome);
+    let next = user.next_command().expect("the next command");
+    assert_eq!(next.resend, 0);
+    assert_ne!(
+        without_id_and_version(&next.command),
+        without_id_and_version(&first.command)
+    );
+    assert!(model.answer(&next).is_accepted());
+}
+
+#[test]
+fn a_resend_after_one_conflict_is_accepted_and_applied() {
+    let config = config(17, 1, 0.0);
+    let mut model = Model::default();
+    let mut user = UserSim::new(&config, 0);
+    let mut resent = 0;
+    for round in 0..300 {
+        let planned = user.next_command().expect("a command");
+        let header = planned.command.header();
+        let key = (header.aggregate_type, header.aggregate_id.clone());
+        if round % 7 == 6 && planned.resend == 0 {
+            *model.versions.entry(key).or_default() += 1;
+        }
+        let outcome = model.answer(&planned);
+        if planned.resend > 0 {
+            resent += 1;
+            assert!(outcome.is_accepted(), "resend refused: {outcome:?}");
+        }
+        user.observe(&outcome);
+    }
+    assert!(resent >= 300 / 8, "only {resent} resends");
+}
+
 #[test]
 fn days_parse_as_days_since_the_epoch() {
     assert_eq!(parse_day("1970-01-01"), Some(0));

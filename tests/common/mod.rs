@@ -12,6 +12,7 @@ pub mod commands;
 #[cfg(feature = "containers")]
 mod containers;
 pub mod events;
+pub mod oracle;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -253,4 +254,41 @@ pub async fn events_of(stack: &Stack, config: &Config, topic: &str) -> Vec<(i32,
         events.push((partition, event));
     }
     events
+}
+
+/// Plays `users` simulated players of `seed` (ids `<prefix>-<index>`) through a command bus
+/// of `config` at `rate` commands per second until `commands` were sent; asserts that every
+/// command got a result. The command processor must be running.
+pub async fn simulate(
+    config: &Config,
+    prefix: String,
+    seed: u64,
+    users: u32,
+    commands: u64,
+    rate: f64,
+) -> dietstream::simulate::Summary {
+    let bus = std::sync::Arc::new(
+        dietstream::bus::CommandBus::from_config(config, "simulator")
+            .await
+            .expect("bus"),
+    );
+    let mut generator = dietstream::simulate::GeneratorConfig::new(seed, users);
+    generator.user_prefix = prefix;
+    let summary = dietstream::simulate::run(
+        bus,
+        dietstream::simulate::SimulateOptions {
+            generator,
+            rate,
+            duration: None,
+            max_commands: Some(commands),
+            timeout: Duration::from_secs(120),
+            record: None,
+            progress: false,
+        },
+        std::future::pending(),
+    )
+    .await
+    .expect("simulation runs");
+    assert_eq!((summary.timeouts, summary.errors), (0, 0), "{summary:?}");
+    summary
 }
