@@ -74,6 +74,10 @@ async fn check_oracle(processor: &str, session: &Session, ks: &str, events: &[Ev
         "quests" => {
             let completed = oracle::check_quests(session, ks, events).await;
             eprintln!("quests: {completed} completed catalogue quests checked");
+            assert!(
+                completed > 0,
+                "no catalogue quest completed, so none was checked"
+            );
         }
         other => panic!("no oracle for {other}"),
     }

@@ -104,6 +104,10 @@ async fn every_read_model_equals_the_oracle_and_documented_queries_run() {
     oracle::check_engagement(&session, ks, &events).await;
     let completed = oracle::check_quests(&session, ks, &events).await;
     eprintln!("quests: {completed} completed catalogue quests checked");
+    assert!(
+        completed > 0,
+        "no catalogue quest completed, so no completion was checked"
+    );
 
     // Every query the READMEs give analysts runs on these tables.
     let some_user = events

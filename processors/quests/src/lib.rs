@@ -21,7 +21,7 @@ use dietstream_schemas::{Command, Event};
 use scylla::value::{CqlTimestamp, CqlValue};
 use uuid::Uuid;
 
-use crate::catalogue::{day_of, definition, QuestDefinition, CATALOGUE};
+use crate::catalogue::{day_of, day_start, definition, QuestDefinition, CATALOGUE};
 use crate::state::{Meal, Quest, Status, UserQuests};
 
 /// The processor's name in the topology.
@@ -272,10 +272,12 @@ fn activity_day(event: &Event) -> Option<i32> {
     }
 }
 
-/// Starts the catalogue quests of the period holding the event's day that the user does not
-/// have yet.
+/// Starts the catalogue quests of the period holding the user's game day (the newest day of
+/// activity, the clock the quests count by) that the user does not have yet.
 fn start_quests(state: &mut UserQuests, user: &str, event: &EventHeader) -> Vec<Command> {
-    let today = day_of(event.timestamp);
+    let Some(today) = state.newest_day else {
+        return Vec::new();
+    };
     let mut commands = Vec::new();
     for definition in CATALOGUE {
         let period_start = definition.period.start(today);
@@ -321,7 +323,9 @@ fn drive_quests(state: &mut UserQuests, user: &str, event: &EventHeader) -> Vec<
         }
         let mut sent = sent;
         let computed = state.progress(definition, period_start);
-        if let Some(deadline) = quest.deadline.filter(|d| event.timestamp >= *d) {
+        // A period has passed once the user's game day starts at or after its deadline.
+        let passed = |deadline: &i64| state.newest_day.is_some_and(|n| day_start(n) >= *deadline);
+        if let Some(deadline) = quest.deadline.filter(passed) {
             commands.push(Command::FailQuest(FailQuest {
                 header: header::<FailQuest>(event, user, "fail", id),
                 payload: FailQuestPayload {

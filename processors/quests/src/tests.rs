@@ -581,12 +581,25 @@ proptest! {
         // Totals and mirrored quests, straight from the quest events.
         let mut totals: BTreeMap<String, [i64; 5]> = BTreeMap::new();
         let mut mirrored: BTreeMap<(String, Uuid), (String, f64)> = BTreeMap::new();
-        // Water per user and day; days with activity per user.
+        // Water per user and game day; the game days each user reached (the newest day of
+        // activity, by the meals' and water's own times, is the quests' clock).
         let mut water_ml: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut active_days: BTreeSet<(String, i32)> = BTreeSet::new();
+        let mut newest: BTreeMap<String, i32> = BTreeMap::new();
         for (_, _, event) in &records {
             let user = event.header().aggregate_id.clone();
-            let day = (event.header().timestamp / DAY_MICROS) as i32;
+            let activity = match event {
+                Event::MealLogged(e) => Some(e.payload.eaten_at),
+                Event::MealUpdated(e) => Some(e.payload.eaten_at),
+                Event::WaterIntakeLogged(e) => Some(e.payload.drunk_at),
+                _ => None,
+            };
+            let day = activity.map_or(0, |at| at.div_euclid(DAY_MICROS) as i32);
+            if activity.is_some() {
+                let reached = newest.entry(user.clone()).or_insert(day);
+                *reached = (*reached).max(day);
+                active_days.insert((user.clone(), *reached));
+            }
             match event {
                 Event::QuestStarted(e) => {
                     totals.entry(user.clone()).or_default()[0] += 1;
@@ -612,11 +625,7 @@ proptest! {
                     }
                 }
                 Event::WaterIntakeLogged(e) => {
-                    *water_ml.entry((user.clone(), day)).or_default() += i64::from(e.payload.millilitres);
-                    active_days.insert((user, day));
-                }
-                Event::MealLogged(_) | Event::MealUpdated(_) => {
-                    active_days.insert((user, day));
+                    *water_ml.entry((user, day)).or_default() += i64::from(e.payload.millilitres);
                 }
                 _ => {}
             }
@@ -638,8 +647,8 @@ proptest! {
             prop_assert_eq!(&row[5], &Some(CqlValue::Double(*progress)));
         }
 
-        // Every catalogue quest of every active day is started once, and a water quest is
-        // completed exactly on the days with at least two litres.
+        // Every catalogue quest of every game day reached is started once, and a water quest
+        // is completed exactly on the days with at least two litres.
         let mut starts: BTreeSet<(String, Uuid)> = BTreeSet::new();
         for (user, day) in &active_days {
             for d in CATALOGUE {
