@@ -689,7 +689,8 @@ struct QuestOracle {
 }
 
 /// The quests tables against the quest events of the log; each completed catalogue quest's
-/// condition checked from the meal and water events logged before its completion. Returns
+/// condition checked from the meal and water events logged before its completion (it must
+/// have held at some point before it). Returns
 /// the number of completed quests checked.
 pub async fn check_quests(session: &Session, ks: &str, events: &[Event]) -> usize {
     let mut quests: BTreeMap<(String, Uuid), QuestOracle> = BTreeMap::new();
@@ -833,12 +834,23 @@ pub async fn check_quests(session: &Session, ks: &str, events: &[Event]) -> usiz
 }
 
 /// Whether catalogue quest `definition` of `user` for the period starting on `period_day`
-/// reached its target with the meal and water events of `before`.
+/// reached its target at some point of `before` (the events logged before its completion).
+/// At some point, not at the end: a player may delete or change a meal between the processor's
+/// decision and the completion it sent landing in the log, and the completion stands.
 fn condition_met(definition: &str, user: &str, period_day: i64, before: &[Event]) -> bool {
+    let mine: Vec<&Event> = before
+        .iter()
+        .filter(|e| e.header().aggregate_id == user)
+        .collect();
+    (1..=mine.len()).any(|end| condition_held(definition, period_day, &mine[..end]))
+}
+
+/// Whether the condition holds after the user's events `events`.
+fn condition_held(definition: &str, period_day: i64, events: &[&Event]) -> bool {
     let mut meals: HashMap<Uuid, (i64, f64)> = HashMap::new();
     let mut logged_days = BTreeSet::new();
     let mut water: HashMap<i64, i64> = HashMap::new();
-    for event in before.iter().filter(|e| e.header().aggregate_id == user) {
+    for event in events {
         match event {
             Event::MealLogged(e) => {
                 let day = day_of(e.payload.eaten_at);
