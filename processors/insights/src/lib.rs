@@ -20,14 +20,11 @@ pub mod tables;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-
 use dietstream_nutrition::state::{utc_day, Goal, Nutrients};
-use dietstream_runtime::{Effects, Origin, Projection, Row, RuleError, Table};
-use dietstream_schemas::codec::Record;
+use dietstream_runtime::{caused_command, Effects, Origin, Projection, Row, RuleError, Table};
 use dietstream_schemas::types::{
-    AggregateType, CommandHeader, CreateInsight, CreateInsightPayload, EventHeader,
-    FeedbackTargetKind, InsightKind, MealItem,
+    AggregateType, CreateInsight, CreateInsightPayload, EventHeader, FeedbackTargetKind,
+    InsightKind, MealItem,
 };
 use dietstream_schemas::{Command, Event};
 use uuid::Uuid;
@@ -147,19 +144,12 @@ fn create_insight(
     evidence: Vec<Uuid>,
 ) -> Command {
     Command::CreateInsight(CreateInsight {
-        header: CommandHeader {
-            command_id: command_id(event.event_id, id),
-            command_type: CreateInsight::RECORD_TYPE.to_owned(),
-            aggregate_id: user.to_owned(),
-            aggregate_type: AggregateType::Ai,
-            expected_version: None,
-            issued_at: event.timestamp,
-            user_id: Some(user.to_owned()),
-            session_id: None,
-            correlation_id: event.correlation_id,
-            causation_id: Some(event.event_id),
-            metadata: HashMap::new(),
-        },
+        header: caused_command::<CreateInsight>(
+            event,
+            AggregateType::Ai,
+            user,
+            command_id(event.event_id, id),
+        ),
         payload: CreateInsightPayload {
             insight_id: id,
             insight_kind: finding.rule.kind(),

@@ -8,9 +8,7 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-
-use dietstream_runtime::{Effects, Origin, Projection, Row, RuleError, Table};
+use dietstream_runtime::{caused_command, Effects, Origin, Projection, Row, RuleError, Table};
 use dietstream_schemas::codec::Record;
 use dietstream_schemas::types::{
     AggregateType, ClaimQuestReward, ClaimQuestRewardPayload, CommandHeader, CompleteQuest,
@@ -130,19 +128,12 @@ pub fn command_id(event_id: Uuid, purpose: &str, quest: Uuid) -> Uuid {
 }
 
 fn header<T: Record>(event: &EventHeader, user: &str, purpose: &str, quest: Uuid) -> CommandHeader {
-    CommandHeader {
-        command_id: command_id(event.event_id, purpose, quest),
-        command_type: T::RECORD_TYPE.to_owned(),
-        aggregate_id: user.to_owned(),
-        aggregate_type: AggregateType::User,
-        expected_version: None,
-        issued_at: event.timestamp,
-        user_id: Some(user.to_owned()),
-        session_id: None,
-        correlation_id: event.correlation_id,
-        causation_id: Some(event.event_id),
-        metadata: HashMap::new(),
-    }
+    caused_command::<T>(
+        event,
+        AggregateType::User,
+        user,
+        command_id(event.event_id, purpose, quest),
+    )
 }
 
 fn finite(value: f64, what: &str) -> Result<(), RuleError> {

@@ -19,6 +19,6 @@ pub use config::MetricsConfig;
 pub use consume::{LoopConfig, LoopSummary, Parts, ProcessorTopics, RuntimeError};
 pub use http::{serve, Health, HttpError, Server};
 pub use metrics::{ProcessorMetrics, Rebalance};
-pub use projection::{Effects, Origin, Projection, Row, RuleError, Table};
+pub use projection::{caused_command, Effects, Origin, Projection, Row, RuleError, Table};
 pub use retry::RetryPolicy;
 pub use store::{Store, StoreError, Stored};

@@ -25,10 +25,15 @@
 //! sent more than once; they carry ids derived from the causing event, and the command
 //! processor rejects the repeat (a quest completed twice, an insight id reused).
 
+use std::collections::HashMap;
+
+use dietstream_schemas::codec::Record;
+use dietstream_schemas::types::{AggregateType, CommandHeader, EventHeader};
 use dietstream_schemas::{Command, Event};
 use scylla::value::CqlValue;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use uuid::Uuid;
 
 /// One read-model table: the runtime prepares an upsert and a delete for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +103,31 @@ pub struct Effects {
     pub rows: Vec<Row>,
     /// Commands to send to the command processor, in order.
     pub commands: Vec<Command>,
+}
+
+/// The header of a command of type `T` that a projection sends on behalf of `user` because of
+/// the event `cause`: issued at the event's time (`apply` has no clock), caused by it, in its
+/// correlation. `command_id` must be derived from the causing event (DESIGN decision 3), so a
+/// replayed event sends the same id and the command processor can tell the repeat.
+pub fn caused_command<T: Record>(
+    cause: &EventHeader,
+    aggregate_type: AggregateType,
+    user: &str,
+    command_id: Uuid,
+) -> CommandHeader {
+    CommandHeader {
+        command_id,
+        command_type: T::RECORD_TYPE.to_owned(),
+        aggregate_id: user.to_owned(),
+        aggregate_type,
+        expected_version: None,
+        issued_at: cause.timestamp,
+        user_id: Some(user.to_owned()),
+        session_id: None,
+        correlation_id: cause.correlation_id,
+        causation_id: Some(cause.event_id),
+        metadata: HashMap::new(),
+    }
 }
 
 /// Where the record being applied was read.
