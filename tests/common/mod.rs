@@ -3,8 +3,11 @@
 //! Addresses come from the same layered configuration as the binary (defaults = the local
 //! stack of `infra/local`, overridden by `DIETSTREAM_*` variables, e.g. what `make env`
 //! prints). Every test gets its own topic prefix and keyspace, so tests run in parallel and
-//! again without cleanup. With the `containers` feature the harness starts the official images
-//! instead (needs a Docker engine).
+//! again without cleanup. A test that passes removes its topics and keyspaces when its
+//! [`Stack`] is dropped, so a long-lived local stack does not pile up thousands of partitions
+//! (Kafka then takes minutes to start); a failing test keeps them to look at, and so does
+//! every test with `DIETSTREAM_TEST_KEEP=1`. With the `containers` feature the harness starts
+//! the official images instead (needs a Docker engine).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -16,13 +19,14 @@ pub mod oracle;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dietstream::config::Config;
 use dietstream_schemas::catalog::Catalog;
 use dietstream_schemas::codec::Codec;
 use dietstream_schemas::Event;
-use rdkafka::admin::AdminClient;
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -36,6 +40,8 @@ pub struct Stack {
     pub config: Config,
     /// Names unique to this test: topics and keyspaces derive from it.
     pub prefix: String,
+    /// Keyspaces [`Stack::keyspace`] created, dropped with the topics when a test passes.
+    keyspaces: Mutex<Vec<String>>,
     #[cfg(feature = "containers")]
     _containers: containers::Containers,
 }
@@ -84,6 +90,7 @@ impl Stack {
         Stack {
             config,
             prefix: unique_name("t"),
+            keyspaces: Mutex::default(),
             #[cfg(feature = "containers")]
             _containers: containers,
         }
@@ -151,8 +158,75 @@ impl Stack {
             )
             .await
             .expect("create keyspace");
+        self.keyspaces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(keyspace.clone());
         (session, keyspace)
     }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("DIETSTREAM_TEST_KEEP").is_some() {
+            return;
+        }
+        let keyspaces = std::mem::take(
+            self.keyspaces
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let (config, prefix) = (self.config.clone(), self.prefix.clone());
+        // Drop may run inside the test's runtime, which cannot be blocked on: a thread of its
+        // own with a runtime of its own does the removal, and the test waits for it.
+        let removal = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(remove_owned(&config, &prefix, &keyspaces))
+        });
+        match removal.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test cleanup of {}: {e}", self.prefix),
+            Err(_) => eprintln!("test cleanup of {} panicked", self.prefix),
+        }
+    }
+}
+
+/// Deletes the topics named `<prefix>.…` and drops `keyspaces`.
+async fn remove_owned(
+    config: &Config,
+    prefix: &str,
+    keyspaces: &[String],
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let admin: AdminClient<DefaultClientContext> = config.kafka.client_config().create()?;
+    let owned = format!("{prefix}.");
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let topics: Vec<&str> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|name| name.starts_with(&owned))
+        .collect();
+    if !topics.is_empty() {
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for result in admin.delete_topics(&topics, &options).await? {
+            if let Err((topic, code)) = result {
+                eprintln!("test cleanup: topic {topic} not deleted: {code}");
+            }
+        }
+    }
+    if !keyspaces.is_empty() {
+        let session = config.cql.session().await?;
+        for keyspace in keyspaces {
+            session
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn check_reachable(config: &Config) -> Result<(), String> {
