@@ -1343,8 +1343,8 @@ pub async fn check_insights(
     let rows = json_rows(
         session,
         format!(
-            "SELECT JSON user_id, insight_id, insight_kind, rule, period_start, period_end \
-             FROM {ks}.insights_by_user"
+            "SELECT JSON user_id, insight_id, insight_kind, rule, period_start, period_end, \
+             confidence FROM {ks}.insights_by_user"
         ),
     )
     .await;
@@ -1362,7 +1362,7 @@ pub async fn check_insights(
     }
     let mut problems = Vec::new();
     let mut row_ids = BTreeSet::new();
-    let mut drawn = BTreeSet::new();
+    let mut drawn = BTreeMap::new();
     for row in &rows {
         let text = |name: &str| row[name].as_str().unwrap_or_default().to_owned();
         let (user, id, kind) = (text("user_id"), text("insight_id"), text("insight_kind"));
@@ -1375,7 +1375,8 @@ pub async fn check_insights(
                 "row {user} {kind} {id}: ai.insight.created events {other:?}"
             )),
         }
-        drawn.insert((user, text("rule"), text("period_start"), text("period_end")));
+        let key = (user, text("rule"), text("period_start"), text("period_end"));
+        drawn.insert(key, row["confidence"].as_f64());
     }
     for id in created.keys().filter(|id| !row_ids.contains(*id)) {
         problems.push(format!("ai.insight.created {id} without a row"));
@@ -1478,19 +1479,35 @@ pub async fn check_insights(
 
     // (c) the simpler rules, re-derived.
     let want = rederived_insights(user_events);
-    let missing: Vec<_> = want.difference(&drawn).collect();
-    let extra: Vec<_> = drawn.difference(&want).collect();
+    let missing: Vec<_> = want.keys().filter(|k| !drawn.contains_key(*k)).collect();
+    let extra: Vec<_> = drawn.keys().filter(|k| !want.contains_key(*k)).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "insights: drawn by the rules but not in the table {missing:#?}\n\
          in the table but not drawn by the rules {extra:#?}"
     );
+    // The confidence, rounded to two decimals in the table.
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(key, confidence)| {
+            drawn[*key].is_none_or(|got| (got - **confidence).abs() > 0.005 + 1e-9)
+        })
+        .map(|(key, confidence)| format!("{key:?}: table {:?}, rules {confidence}", drawn[key]))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "insight confidence:\n{}",
+        wrong.join("\n")
+    );
     checked.rederived = want.len();
-    for (_, rule, _, _) in &want {
+    for (_, rule, _, _) in want.keys() {
         *checked.by_rule.entry(rule.clone()).or_default() += 1;
     }
     checked
 }
+
+/// An insight as the oracle names it: user, rule, period start and end.
+type InsightKey = (String, String, String, String);
 
 /// What one meal counts for in the insight rules: its UTC day, energy, grams of protein,
 /// carbohydrate and fat, and whether it was eaten late (22:00 to 04:00 UTC).
@@ -1539,11 +1556,11 @@ struct InsightUser {
     sent: HashMap<&'static str, i64>,
 }
 
-/// (user, rule, period start, period end) of every insight the README's rules draw from the
-/// user events, dates as `YYYY-MM-DD`.
-fn rederived_insights(events: &[Event]) -> BTreeSet<(String, String, String, String)> {
+/// Every insight the README's rules draw from the user events: (user, rule, period start,
+/// period end), dates as `YYYY-MM-DD`, with its confidence before rounding.
+fn rederived_insights(events: &[Event]) -> BTreeMap<InsightKey, f64> {
     let mut users: BTreeMap<String, InsightUser> = BTreeMap::new();
-    let mut out = BTreeSet::new();
+    let mut out = BTreeMap::new();
     for event in events {
         let name = &event.header().aggregate_id;
         let user = users.entry(name.clone()).or_default();
@@ -1557,13 +1574,14 @@ fn rederived_insights(events: &[Event]) -> BTreeSet<(String, String, String, Str
         if let Some(day) = logged_day {
             match user.clock {
                 Some(clock) if day > clock => {
-                    for (rule, first, last) in judge(user, clock) {
-                        out.insert((
+                    for (rule, first, last, confidence) in judge(user, clock) {
+                        let key = (
                             name.clone(),
                             rule.to_owned(),
                             date_text(first),
                             date_text(last),
-                        ));
+                        );
+                        out.insert(key, confidence);
                     }
                     user.clock = Some(day);
                 }
@@ -1610,7 +1628,7 @@ fn median(values: &mut [f64]) -> Option<f64> {
 /// The rules that fire when `day` closes, each with the days it was drawn from, and that have
 /// not sent an insight for their period yet (the ISO week of `day`, or `day` itself for
 /// `unusual_day`), which they then have.
-fn judge(user: &mut InsightUser, day: i64) -> Vec<(&'static str, i64, i64)> {
+fn judge(user: &mut InsightUser, day: i64) -> Vec<(&'static str, i64, i64, f64)> {
     let window = day - 6..=day;
     // Per day with meals: energy, protein.
     let mut meal_days: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
@@ -1639,16 +1657,26 @@ fn judge(user: &mut InsightUser, day: i64) -> Vec<(&'static str, i64, i64)> {
     let average =
         |figure: fn(&(f64, f64)) -> f64| meal_days.values().map(figure).sum::<f64>() / logged;
 
+    // Each rule that fires, with its confidence: coverage × (0.5 + 0.5 × strength), both
+    // clamped to 0..1 (the README's table; rounded to two decimals in the table).
+    let confidence = |coverage: f64, strength: f64| {
+        coverage.clamp(0.0, 1.0) * (0.5 + 0.5 * strength.clamp(0.0, 1.0))
+    };
+    let meal_coverage = logged / 7.0;
     let mut fired = Vec::new();
     if meal_days.len() >= 4 {
         if let Some(target) = goal.and_then(|g| g.energy).filter(|t| *t > 0.0) {
-            if ((average(|t| t.0) - target) / target).abs() >= 0.15 {
-                fired.push("energy_vs_goal");
+            let deviation = ((average(|t| t.0) - target) / target).abs();
+            if deviation >= 0.15 {
+                let strength = (deviation - 0.15) / 0.35;
+                fired.push(("energy_vs_goal", confidence(meal_coverage, strength)));
             }
         }
         if let Some(target) = goal.and_then(|g| g.protein).filter(|t| *t > 0.0) {
-            if (target - average(|t| t.1)) / target >= 0.20 {
-                fired.push("protein_vs_goal");
+            let shortfall = (target - average(|t| t.1)) / target;
+            if shortfall >= 0.20 {
+                let strength = (shortfall - 0.20) / 0.40;
+                fired.push(("protein_vs_goal", confidence(meal_coverage, strength)));
             }
         }
         // Shares of macronutrient energy over the window's meals against their ranges.
@@ -1659,32 +1687,40 @@ fn judge(user: &mut InsightUser, day: i64) -> Vec<(&'static str, i64, i64)> {
         ];
         let total: f64 = kcal.iter().sum();
         let ranges = [(0.10, 0.35), (0.45, 0.65), (0.20, 0.35)];
-        if total > 0.0
-            && kcal
+        if total > 0.0 {
+            let worst = kcal
                 .iter()
                 .zip(ranges)
-                .any(|(k, (low, high))| (low - k / total).max(k / total - high) >= 0.05)
-        {
-            fired.push("macro_imbalance");
+                .map(|(k, (low, high))| (low - k / total).max(k / total - high))
+                .fold(f64::NEG_INFINITY, f64::max);
+            if worst >= 0.05 {
+                let strength = (worst - 0.05) / 0.15;
+                fired.push(("macro_imbalance", confidence(meal_coverage, strength)));
+            }
         }
         let late = in_window.iter().filter(|m| m.late).count();
-        if late >= 3 && late as f64 / in_window.len() as f64 >= 0.25 {
-            fired.push("late_night_eating");
+        let share = late as f64 / in_window.len() as f64;
+        if late >= 3 && share >= 0.25 {
+            let strength = (share - 0.25) / 0.50;
+            fired.push(("late_night_eating", confidence(meal_coverage, strength)));
         }
     }
     if active_days.len() >= 4 && !water.is_empty() {
         let target = goal.and_then(|g| g.water).map_or(2000.0, f64::from);
         let per_day =
             water.iter().map(|(_, ml)| *ml).sum::<i64>() as f64 / active_days.len() as f64;
-        if (target - per_day) / target >= 0.25 {
-            fired.push("hydration_deficit");
+        let shortfall = (target - per_day) / target;
+        if shortfall >= 0.25 {
+            let coverage = active_days.len() as f64 / 7.0;
+            let strength = (shortfall - 0.25) / 0.50;
+            fired.push(("hydration_deficit", confidence(coverage, strength)));
         }
     }
     let week = week_start(day);
-    let mut out: Vec<(&'static str, i64, i64)> = fired
+    let mut out: Vec<(&'static str, i64, i64, f64)> = fired
         .into_iter()
-        .filter(|rule| user.sent.insert(rule, week) != Some(week))
-        .map(|rule| (rule, day - 6, day))
+        .filter(|(rule, _)| user.sent.insert(rule, week) != Some(week))
+        .map(|(rule, confidence)| (rule, day - 6, day, confidence))
         .collect();
 
     // The day against the days with meals among the 28 before it: robust z-score. The README
@@ -1704,11 +1740,19 @@ fn judge(user: &mut InsightUser, day: i64) -> Vec<(&'static str, i64, i64)> {
             let center = median(&mut values).unwrap_or_default();
             let mut deviations: Vec<f64> = values.iter().map(|v| (v - center).abs()).collect();
             let mad = median(&mut deviations).unwrap_or_default();
-            if mad > 0.0
-                && (0.6745 * (energy - center) / mad).abs() > 3.5
-                && user.sent.insert("unusual_day", day) != Some(day)
-            {
-                out.push(("unusual_day", day, day));
+            let z = if mad > 0.0 {
+                (0.6745 * (energy - center) / mad).abs()
+            } else {
+                0.0
+            };
+            if z > 3.5 && user.sent.insert("unusual_day", day) != Some(day) {
+                let coverage = values.len() as f64 / 14.0;
+                out.push((
+                    "unusual_day",
+                    day,
+                    day,
+                    confidence(coverage, (z - 3.5) / 3.5),
+                ));
             }
         }
     }
