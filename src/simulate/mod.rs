@@ -7,7 +7,8 @@
 //! back before the player's next command. A shared token bucket spaces the commands of all
 //! players to the requested rate. What each player sends depends on the seed and the results
 //! only; which player sends when depends on timing, so with `--commands N` the players' streams
-//! are prefixes of their seeded streams.
+//! are prefixes of their seeded streams. With an [`InsightFeed`] (`--rate-insights`) players
+//! also rate the insights they are shown, which arrive when the processors get to them.
 
 pub mod catalog;
 pub mod generator;
