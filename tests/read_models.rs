@@ -4,8 +4,12 @@
 //! concurrency conflicts; the players are shown the insights made for them and rate some),
 //! then every table is compared with the oracle computed from the event log
 //! (tests/common/oracle.rs, not the projections); then every example query the processors
-//! document for analysts runs against those tables. The players play enough game days (about
-//! ten) for the insight rules, which need four days with meals in a week.
+//! document for analysts runs against those tables. The players play enough game days (about a
+//! week) for the insight rules, which need four days with meals in a week. Engagement counts
+//! by event times, which the command processor stamps with the wall clock: here every activity
+//! falls on the day the test runs, so its day-based figures (streaks, `active_days_28`, the
+//! score, cohort weeks, the session gap) are compared on one day only; sessions are cut by the
+//! simulated players' session ids, which change with their game day.
 
 mod common;
 
