@@ -149,6 +149,11 @@ enum Command {
         /// Value of the dietstream.source header.
         #[arg(long, default_value = "simulator")]
         source: String,
+        /// Show the players the insights the AI coach made for them (read from
+        /// diet.events.ai, as the game would show them) so that they rate some; the insights
+        /// processor must be running.
+        #[arg(long)]
+        rate_insights: bool,
     },
 }
 
@@ -367,6 +372,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             timeout,
             record,
             source,
+            rate_insights,
         } => {
             let mut generator = dietstream::simulate::GeneratorConfig::new(seed, users);
             generator.invalid_rate = invalid_rate;
@@ -387,7 +393,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 record,
                 progress: true,
             };
-            simulate(&config, &source, options)
+            simulate(&config, &source, options, rate_insights)
         }
         Command::Run { processor } => run_processor(processor, &config),
         Command::Replay { processor, args } => {
@@ -654,21 +660,29 @@ fn cluster(config: &Config) -> anyhow::Result<(Cluster, tokio::runtime::Runtime)
     ))
 }
 
-/// `dietstream simulate`: builds the command bus and runs the simulator until done or Ctrl-C.
+/// `dietstream simulate`: builds the command bus (and the insight feed with
+/// `--rate-insights`) and runs the simulator until done or Ctrl-C.
 fn simulate(
     config: &Config,
     source: &str,
     options: dietstream::simulate::SimulateOptions,
+    rate_insights: bool,
 ) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     let summary = runtime.block_on(async {
         let bus =
             std::sync::Arc::new(dietstream::bus::CommandBus::from_config(config, source).await?);
+        let insights = if rate_insights {
+            let prefix = &options.generator.user_prefix;
+            Some(dietstream::simulate::InsightFeed::start(config, prefix).await?)
+        } else {
+            None
+        };
         let ctrl_c = async {
             // Without a signal handler the run simply ends at its limits.
             let _ = tokio::signal::ctrl_c().await;
         };
-        anyhow::Ok(dietstream::simulate::run(bus, options, ctrl_c).await?)
+        anyhow::Ok(dietstream::simulate::run_with_insights(bus, options, insights, ctrl_c).await?)
     })?;
     println!("{summary}");
     if summary.deliberate > 0 || summary.unexpected_rejections > 0 || summary.users_stopped > 0 {

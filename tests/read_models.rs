@@ -1,9 +1,15 @@
 //! The read-model processors end to end on the real stack: the simulator plays a fixed seed
-//! through the command processor while the quests processor runs (its commands advance the
-//! players' aggregates, so players resend after concurrency conflicts), then nutrition and
-//! engagement build their tables, and every table is compared with the oracle computed from
-//! the event log (tests/common/oracle.rs, not the projections); then every example query the
-//! processors document for analysts runs against those tables.
+//! through the command processor while the four read-model processors run (the quests and
+//! insights processors' commands advance the players' aggregates, so players resend after
+//! concurrency conflicts; the players are shown the insights made for them and rate some),
+//! then every table is compared with the oracle computed from the event log
+//! (tests/common/oracle.rs, not the projections); then every example query the processors
+//! document for analysts runs against those tables. The players play enough game days (about a
+//! week) for the insight rules, which need four days with meals in a week. Engagement counts
+//! by event times, which the command processor stamps with the wall clock: here every activity
+//! falls on the day the test runs, so its day-based figures (streaks, `active_days_28`, the
+//! score, cohort weeks, the session gap) are compared on one day only; sessions are cut by the
+//! simulated players' session ids, which change with their game day.
 
 mod common;
 
@@ -14,7 +20,7 @@ use dietstream_schemas::Event;
 use dietstream_topology::{prefixed, Topology};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-const PROCESSORS: [&str; 3] = ["nutrition", "engagement", "quests"];
+const PROCESSORS: [&str; 4] = ["nutrition", "engagement", "quests", "insights"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_read_model_equals_the_oracle_and_documented_queries_run() {
@@ -42,8 +48,16 @@ async fn every_read_model_equals_the_oracle_and_documented_queries_run() {
         async move { dietstream::run::read_models(&config, &PROCESSORS, models_stopped).await }
     });
 
-    let summary =
-        common::simulate(&config, format!("{}-rm", stack.prefix), 21, 30, 900, 300.0).await;
+    let summary = common::simulate_with(
+        &config,
+        format!("{}-rm", stack.prefix),
+        21,
+        12,
+        2400,
+        300.0,
+        true,
+    )
+    .await;
     // The report adds up: every send (resends included) got exactly one answer, and only
     // commands refused for a stale version were sent again.
     assert_eq!(
@@ -95,13 +109,29 @@ async fn every_read_model_equals_the_oracle_and_documented_queries_run() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    let user_topic = prefixed(&config.topology.prefix, "diet.events.user");
-    let events = oracle::events_of(&stack, &config, &user_topic).await;
+    let topic = |name| prefixed(&config.topology.prefix, name);
+    let user = common::events_of(&stack, &config, &topic("diet.events.user")).await;
+    let social = common::events_of(&stack, &config, &topic("diet.events.social")).await;
+    let events: Vec<Event> = user.iter().map(|(_, e)| e.clone()).collect();
     assert!(events.len() > 100, "{} events", events.len());
     let session = config.cql.session().await.expect("session");
     let ks = &config.cql.keyspace;
     oracle::check_nutrition(&session, ks, &events).await;
     oracle::check_engagement(&session, ks, &events).await;
+    let social_rows = oracle::check_engagement_partials(&session, ks, &user, &social).await;
+    eprintln!("engagement: {social_rows} social rows checked");
+    assert!(
+        social_rows > 0,
+        "no social activity, so no social row was checked"
+    );
+    let ai = common::events_of(&stack, &config, &topic("diet.events.ai")).await;
+    let ai: Vec<Event> = ai.into_iter().map(|(_, e)| e).collect();
+    let insights = oracle::check_insights(&session, ks, &events, &ai).await;
+    eprintln!("insights: {insights:?}");
+    assert!(
+        insights.insights > 0 && insights.feedback > 0 && insights.rederived > 0,
+        "nothing to check: {insights:?}"
+    );
     let completed = oracle::check_quests(&session, ks, &events).await;
     eprintln!("quests: {completed} completed catalogue quests checked");
     assert!(
@@ -120,7 +150,8 @@ async fn every_read_model_equals_the_oracle_and_documented_queries_run() {
     let queries = dietstream_nutrition::EXAMPLE_QUERIES
         .iter()
         .chain(dietstream_engagement::EXAMPLE_QUERIES)
-        .chain(dietstream_quests::EXAMPLE_QUERIES);
+        .chain(dietstream_quests::EXAMPLE_QUERIES)
+        .chain(dietstream_insights::EXAMPLE_QUERIES);
     for query in queries {
         let text = query
             .replace("{keyspace}", ks)

@@ -225,6 +225,7 @@ enum Action {
     AskCoach,
     CoachAnswers,
     Feedback,
+    RateInsight,
     UpdateProfile,
     DailyLogin,
 }
@@ -253,6 +254,8 @@ pub struct UserSim {
     social: Vec<(Uuid, Social)>,
     open_query: Option<(Uuid, Uuid)>,
     responses: Vec<Uuid>,
+    /// Insights the player was shown and has not rated yet, oldest first.
+    insights: Vec<Uuid>,
     in_flight: Option<InFlight>,
     /// A command refused for a stale version, to send again before anything else.
     resend: Option<InFlight>,
@@ -295,6 +298,7 @@ impl UserSim {
             social: Vec::new(),
             open_query: None,
             responses: Vec::new(),
+            insights: Vec::new(),
             in_flight: None,
             resend: None,
             login_day: i64::MIN,
@@ -347,6 +351,17 @@ impl UserSim {
             self.act(action)
         };
         Some(planned)
+    }
+
+    /// Shows the player an insight the AI coach made for them (`ai.insight.created` on their AI
+    /// aggregate); the player may rate it later. Only the five newest unrated ones are kept.
+    pub fn insight_shown(&mut self, insight_id: Uuid) {
+        if !self.insights.contains(&insight_id) {
+            self.insights.push(insight_id);
+            if self.insights.len() > 5 {
+                self.insights.remove(0);
+            }
+        }
     }
 
     /// Learns the result of the command returned by the last [`UserSim::next_command`].
@@ -606,6 +621,7 @@ impl UserSim {
             (Action::AskCoach, w(self.open_query.is_none(), 3.0)),
             (Action::CoachAnswers, w(self.open_query.is_some(), 40.0)),
             (Action::Feedback, w(!self.responses.is_empty(), 3.0)),
+            (Action::RateInsight, w(!self.insights.is_empty(), 10.0)),
             (Action::UpdateProfile, 1.0),
             (Action::DailyLogin, w(self.login_day != self.day, 30.0)),
         ];
@@ -648,6 +664,7 @@ impl UserSim {
             Action::AskCoach => self.ask_coach(),
             Action::CoachAnswers => self.coach_answers(),
             Action::Feedback => self.feedback(),
+            Action::RateInsight => self.rate_insight(),
             Action::UpdateProfile => self.update_profile(),
             Action::DailyLogin => self.daily_login(),
         }
@@ -1130,13 +1147,35 @@ impl UserSim {
     fn feedback(&mut self) -> Planned {
         let header = self.ai_header::<RecordFeedback>();
         let target_id = self.pick(&self.responses.clone());
+        self.rate(header, target_id, FeedbackTargetKind::Response)
+    }
+
+    /// Rates the oldest insight not rated yet; it is rated once, whatever the outcome.
+    fn rate_insight(&mut self) -> Planned {
+        if self.insights.is_empty() {
+            // Not chosen without an insight to rate; water is always a valid action.
+            return self.log_water();
+        }
+        let header = self.ai_header::<RecordFeedback>();
+        let target_id = self.insights.remove(0);
+        self.rate(header, target_id, FeedbackTargetKind::Insight)
+    }
+
+    /// A rating from 1 to 5 of `target_id`, with a helpful / not helpful answer 70 % of the
+    /// time.
+    fn rate(
+        &mut self,
+        header: CommandHeader,
+        target_id: Uuid,
+        target_kind: FeedbackTargetKind,
+    ) -> Planned {
         let rating = self.rng.random_range(1..=5);
         let command = Command::RecordFeedback(RecordFeedback {
             header,
             payload: RecordFeedbackPayload {
                 feedback_id: self.uuid(),
                 target_id,
-                target_kind: FeedbackTargetKind::Response,
+                target_kind,
                 rating,
                 helpful: self.rng.random_bool(0.7).then_some(rating >= 3),
                 comment: (rating <= 2).then(|| "too generic".to_owned()),

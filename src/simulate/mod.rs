@@ -7,10 +7,12 @@
 //! back before the player's next command. A shared token bucket spaces the commands of all
 //! players to the requested rate. What each player sends depends on the seed and the results
 //! only; which player sends when depends on timing, so with `--commands N` the players' streams
-//! are prefixes of their seeded streams.
+//! are prefixes of their seeded streams. With an [`InsightFeed`] (`--rate-insights`) players
+//! also rate the insights they are shown, which arrive when the processors get to them.
 
 pub mod catalog;
 pub mod generator;
+pub mod insights;
 mod stats;
 
 use std::fs::File;
@@ -25,6 +27,7 @@ use dietstream_schemas::Command;
 use tokio::time::Instant;
 
 pub use generator::{Deliberate, GeneratorConfig, Planned, UserSim, MAX_RESENDS};
+pub use insights::InsightFeed;
 pub use stats::Summary;
 
 use crate::bus::{BusError, CommandBus, CommandOutcome};
@@ -58,6 +61,13 @@ pub enum SimulateError {
         /// The option (`--rate`, ...).
         option: &'static str,
         /// What is wrong.
+        reason: String,
+    },
+    /// The insights of the players could not be read (`diet.events.ai`, the registry).
+    /// Permanent for this run.
+    #[error("cannot read the players' insights: {reason}")]
+    InsightFeed {
+        /// What failed.
         reason: String,
     },
     /// The record file could not be created or written. Permanent (disk full, permissions).
@@ -143,6 +153,7 @@ struct Shared {
     issued: AtomicU64,
     stop: AtomicBool,
     stats: Mutex<Stats>,
+    insights: Option<InsightFeed>,
     record: Option<Mutex<BufWriter<File>>>,
     record_error: Mutex<Option<std::io::Error>>,
 }
@@ -153,6 +164,17 @@ struct Shared {
 pub async fn run(
     bus: Arc<CommandBus>,
     options: SimulateOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Summary, SimulateError> {
+    run_with_insights(bus, options, None, shutdown).await
+}
+
+/// [`run`], and the players are shown the insights of `insights` (see [`InsightFeed`]) and
+/// rate some of them.
+pub async fn run_with_insights(
+    bus: Arc<CommandBus>,
+    options: SimulateOptions,
+    insights: Option<InsightFeed>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Summary, SimulateError> {
     validate(&options)?;
@@ -173,6 +195,7 @@ pub async fn run(
         issued: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         stats: Mutex::new(Stats::default()),
+        insights,
         record,
         record_error: Mutex::new(None),
         options,
@@ -257,6 +280,11 @@ async fn play(shared: &Shared, index: u32) {
         }
         if !shared.limiter.acquire(shared.deadline).await || shared.stop.load(Ordering::Relaxed) {
             return;
+        }
+        if let Some(feed) = &shared.insights {
+            for insight in feed.take(user.user_id()) {
+                user.insight_shown(insight);
+            }
         }
         let Some(planned) = user.next_command() else {
             return;

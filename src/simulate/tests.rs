@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use dietstream_schemas::types::{AggregateType, MealItem, RejectionReason};
 use dietstream_schemas::Command;
+use uuid::Uuid;
 
 use super::*;
 
@@ -378,6 +379,34 @@ fn a_resend_after_one_conflict_is_accepted_and_applied() {
         user.observe(&outcome);
     }
     assert!(resent >= 300 / 8, "only {resent} resends");
+}
+
+#[test]
+fn a_player_rates_each_insight_shown_once_and_only_those() {
+    let config = config(5, 1, 0.0);
+    let mut model = Model::default();
+    let mut user = UserSim::new(&config, 0);
+    let shown = [Uuid::new_v4(), Uuid::new_v4()];
+    let mut rated = Vec::new();
+    for round in 0..600 {
+        if round == 50 {
+            for insight in shown {
+                user.insight_shown(insight);
+            }
+            // Shown twice (a feed read again): still one rating.
+            user.insight_shown(shown[0]);
+        }
+        let planned = user.next_command().expect("a command");
+        if let Command::RecordFeedback(c) = &planned.command {
+            if c.payload.target_kind == dietstream_schemas::types::FeedbackTargetKind::Insight {
+                assert!((1..=5).contains(&c.payload.rating), "{c:?}");
+                rated.push(c.payload.target_id);
+            }
+        }
+        let outcome = model.answer(&planned);
+        user.observe(&outcome);
+    }
+    assert_eq!(rated, shown, "each insight rated once, oldest first");
 }
 
 #[test]

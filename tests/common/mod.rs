@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use dietstream::config::Config;
 use dietstream_schemas::catalog::Catalog;
-use dietstream_schemas::codec::Codec;
+use dietstream_schemas::codec::{Codec, CodecError};
 use dietstream_schemas::Event;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -277,8 +277,22 @@ async fn check_reachable(config: &Config) -> Result<(), String> {
 const EVENTS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Every event of `topic` (read committed) with its partition, decoded, in log order per
-/// partition.
+/// partition; every record must decode.
 pub async fn events_of(stack: &Stack, config: &Config, topic: &str) -> Vec<(i32, Event)> {
+    records_of(stack, config, topic)
+        .await
+        .into_iter()
+        .map(|(partition, event)| (partition, event.expect("event decodes")))
+        .collect()
+}
+
+/// Every record of `topic` (read committed) with its partition, decoded as an event where it
+/// is one, in log order per partition: the one reader of an event log the tests share.
+pub async fn records_of(
+    stack: &Stack,
+    config: &Config,
+    topic: &str,
+) -> Vec<(i32, Result<Event, CodecError>)> {
     let codec = Codec::new(
         config.schema_registry.registry().expect("registry"),
         &Catalog::embedded().expect("catalog"),
@@ -324,8 +338,7 @@ pub async fn events_of(stack: &Stack, config: &Config, topic: &str) -> Vec<(i32,
     }
     let mut events = Vec::with_capacity(records.len());
     for (partition, payload) in records {
-        let event = codec.decode_event(&payload).await.expect("event decodes");
-        events.push((partition, event));
+        events.push((partition, codec.decode_event(&payload).await));
     }
     events
 }
@@ -341,14 +354,34 @@ pub async fn simulate(
     commands: u64,
     rate: f64,
 ) -> dietstream::simulate::Summary {
+    simulate_with(config, prefix, seed, users, commands, rate, false).await
+}
+
+/// [`simulate`]; with `rate_insights` the players are shown the insights made for them and
+/// rate some (the insights processor must be running too).
+pub async fn simulate_with(
+    config: &Config,
+    prefix: String,
+    seed: u64,
+    users: u32,
+    commands: u64,
+    rate: f64,
+    rate_insights: bool,
+) -> dietstream::simulate::Summary {
     let bus = std::sync::Arc::new(
         dietstream::bus::CommandBus::from_config(config, "simulator")
             .await
             .expect("bus"),
     );
+    let insights = if rate_insights {
+        let feed = dietstream::simulate::InsightFeed::start(config, &prefix).await;
+        Some(feed.expect("insight feed"))
+    } else {
+        None
+    };
     let mut generator = dietstream::simulate::GeneratorConfig::new(seed, users);
     generator.user_prefix = prefix;
-    let summary = dietstream::simulate::run(
+    let summary = dietstream::simulate::run_with_insights(
         bus,
         dietstream::simulate::SimulateOptions {
             generator,
@@ -359,6 +392,7 @@ pub async fn simulate(
             record: None,
             progress: false,
         },
+        insights,
         std::future::pending(),
     )
     .await
