@@ -11,6 +11,7 @@
 pub mod commands;
 #[cfg(feature = "containers")]
 mod containers;
+pub mod dead_letters;
 pub mod events;
 pub mod oracle;
 
