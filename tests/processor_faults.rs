@@ -183,6 +183,16 @@ impl Drop for SettingsFile {
     }
 }
 
+/// How a child runs its batches.
+#[derive(Clone, Copy)]
+enum Batches {
+    /// Small batches and few writes in flight: the run lasts long enough to be hit.
+    Small,
+    /// The defaults (up to 1000 records, 64 writes in flight): the clean runs, which so also
+    /// check that the tables do not depend on how the log was cut into batches.
+    Default,
+}
+
 /// A running `dietstream run <processor>` and the address of its metrics; killed when dropped
 /// (a failing test leaves no process behind).
 struct Running {
@@ -192,9 +202,21 @@ struct Running {
 }
 
 impl Running {
-    fn start(config: &Config, settings: &Path, processor: &'static str, keyspace: &str) -> Running {
+    fn start(
+        config: &Config,
+        settings: &Path,
+        processor: &'static str,
+        keyspace: &str,
+        batches: Batches,
+    ) -> Running {
         let port = free_port();
-        let child = Process::new(env!("CARGO_BIN_EXE_dietstream"))
+        let mut process = Process::new(env!("CARGO_BIN_EXE_dietstream"));
+        if let Batches::Small = batches {
+            process
+                .env("DIETSTREAM_PROCESSORS__BATCH_SIZE", "16")
+                .env("DIETSTREAM_PROCESSORS__MAX_IN_FLIGHT", "2");
+        }
+        let child = process
             .args(["run", processor])
             .env("DIETSTREAM_CONFIG", settings)
             .env(
@@ -212,9 +234,6 @@ impl Running {
             .env("DIETSTREAM_CQL__KEYSPACE", keyspace)
             .env("DIETSTREAM_TOPOLOGY__PREFIX", &config.topology.prefix)
             .env("DIETSTREAM_METRICS__LISTEN", format!("127.0.0.1:{port}"))
-            // Small batches and few writes in flight: the run lasts long enough to be hit.
-            .env("DIETSTREAM_PROCESSORS__BATCH_SIZE", "16")
-            .env("DIETSTREAM_PROCESSORS__MAX_IN_FLIGHT", "2")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -371,7 +390,7 @@ async fn kill_repeatedly(
         // markers included, so the point is reached before the end in most runs).
         let remaining = lag(config, processor).await;
         let target = rng.random_range(1..=(remaining / 2).max(1));
-        let mut running = Running::start(config, settings, processor, keyspace);
+        let mut running = Running::start(config, settings, processor, keyspace, Batches::Small);
         let deadline = Instant::now() + TIMEOUT;
         let mut looked = Instant::now();
         let consumed = loop {
@@ -395,7 +414,7 @@ async fn kill_repeatedly(
     eprintln!(
         "{processor}: killed after (records read since the start, records left at the start): {kills:?}"
     );
-    Running::start(config, settings, processor, keyspace)
+    Running::start(config, settings, processor, keyspace, Batches::Small)
 }
 
 /// Removes the group's committed offsets, so that the next run reads the log from its start.
@@ -427,6 +446,9 @@ async fn kill_9_of_each_processor_at_random_points_leaves_its_tables_equal_to_a_
     let (fault_ks, clean_ks) = (common::unique_name("fault"), common::unique_name("clean"));
     let settings = SettingsFile::write();
     let http = reqwest::Client::new();
+    // How long each step took, for the output of a failing run (or --nocapture).
+    let started = Instant::now();
+    let step = |name: &str| eprintln!("{name}: done at {:.1} s", started.elapsed().as_secs_f64());
 
     let (stop_commands, commands_stopped) = tokio::sync::oneshot::channel::<()>();
     let commands = tokio::spawn({
@@ -438,29 +460,38 @@ async fn kill_9_of_each_processor_at_random_points_leaves_its_tables_equal_to_a_
             .await
         }
     });
-    // The input all processors share, played while both keyspaces are created (before the
-    // processors start, so that they do not create them side by side): everyday players,
-    // about two game days each, and veterans who play a week and more each, which insights
-    // need (4 days with meals in a 7-day window).
+    // The input all processors share, played while the keyspace of the faulted runs is
+    // created (before the processors start, so that they do not create it side by side):
+    // everyday players, a few game days each, and veterans who play a week and more each,
+    // which insights need (4 days with meals in a 7-day window). Each player waits for the
+    // answer to a command before the next, so more players with fewer commands each are done
+    // sooner.
     let migrate = |keyspace: &str| {
         let mut config = config.clone();
         config.cql.keyspace = keyspace.to_owned();
-        async move { dietstream::run::migrate(&config).await.expect("migrate") }
+        async move {
+            let session = dietstream::run::migrate(&config).await.expect("migrate");
+            step(&format!("keyspace {} created", config.cql.keyspace));
+            session
+        }
     };
-    let (session, _, everyday, veterans) = tokio::join!(
+    let (session, everyday, veterans) = tokio::join!(
         migrate(&fault_ks),
-        migrate(&clean_ks),
         common::simulate(&config, format!("{}-f", stack.prefix), 77, 24, 1200, 2000.0),
-        common::simulate(&config, format!("{}-v", stack.prefix), 78, 4, 800, 2000.0),
+        common::simulate(&config, format!("{}-v", stack.prefix), 78, 8, 800, 2000.0),
     );
     assert!(everyday.accepted > 1000, "{everyday}");
     assert!(veterans.accepted > 600, "{veterans}");
+    step(&format!(
+        "input simulated: {everyday}; veterans: {veterans}"
+    ));
 
     // The faulted runs first, all processors side by side, each with its own seed: the
     // commands the killed quests, nutrition and insights processors send are the ones that
     // make the events of quests, goals met and insights, so a command lost to a kill would
-    // show (the clean runs, second, send the same commands and are refused).
-    let mut last = join_all(CASES.iter().enumerate().map(|(index, case)| {
+    // show (the clean runs, second, send the same commands and are refused). The keyspace
+    // of the clean runs is created meanwhile.
+    let faulted = join_all(CASES.iter().enumerate().map(|(index, case)| {
         kill_repeatedly(
             &config,
             &settings.0,
@@ -469,10 +500,11 @@ async fn kill_9_of_each_processor_at_random_points_leaves_its_tables_equal_to_a_
             0x5EED_FA17 + index as u64,
             &http,
         )
-    }))
-    .await;
+    }));
+    let (mut last, _) = tokio::join!(faulted, migrate(&clean_ks));
     settle(&config, &mut last).await;
     terminate_all(last).await;
+    step("faulted runs");
 
     // Then the clean runs, side by side, over the same log from its start.
     join_all(
@@ -483,10 +515,19 @@ async fn kill_9_of_each_processor_at_random_points_leaves_its_tables_equal_to_a_
     .await;
     let mut clean: Vec<Running> = CASES
         .iter()
-        .map(|case| Running::start(&config, &settings.0, case.processor, &clean_ks))
+        .map(|case| {
+            Running::start(
+                &config,
+                &settings.0,
+                case.processor,
+                &clean_ks,
+                Batches::Default,
+            )
+        })
         .collect();
     settle(&config, &mut clean).await;
     terminate_all(clean).await;
+    step("clean runs");
 
     // Row for row. Both runs read one log, so what they read is the same; what may differ
     // between them is outside the tables compared: for insights, the faulted run sent the
@@ -516,12 +557,19 @@ async fn kill_9_of_each_processor_at_random_points_leaves_its_tables_equal_to_a_
     for case in CASES {
         check_oracle(case.processor, &session, &fault_ks, &events, &ai_events).await;
     }
+    step("tables compared");
 
     // Bad records on the user topic: dead-lettered with their context, the rest processed.
     // The nutrition group's offsets are the clean run's now, so it goes on in that keyspace.
     let good_user = format!("{}-dlq", stack.prefix);
     let sent = bad_records_then_water(&stack, &config, &user_topic, &good_user).await;
-    let mut running = vec![Running::start(&config, &settings.0, "nutrition", &clean_ks)];
+    let mut running = vec![Running::start(
+        &config,
+        &settings.0,
+        "nutrition",
+        &clean_ks,
+        Batches::Default,
+    )];
     settle(&config, &mut running).await;
     terminate_all(running).await;
     let (group, _) = group_of(&config, "nutrition");
@@ -561,6 +609,7 @@ async fn kill_9_of_each_processor_at_random_points_leaves_its_tables_equal_to_a_
         .map(|r| r.expect("row").0)
         .collect();
     assert_eq!(water, [Some(250)], "the record after the bad ones");
+    step("dead letters");
 
     stop_commands.send(()).expect("command processor running");
     if let Err(e) = commands.await.expect("command processor task") {
