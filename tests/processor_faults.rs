@@ -488,9 +488,10 @@ async fn kill_9_of_each_processor_at_random_points_leaves_its_tables_equal_to_a_
 
     // The faulted runs first, all processors side by side, each with its own seed: the
     // commands the killed quests, nutrition and insights processors send are the ones that
-    // make the events of quests, goals met and insights, so a command lost to a kill would
-    // show (the clean runs, second, send the same commands and are refused). The keyspace
-    // of the clean runs is created meanwhile.
+    // make the events of quests, goals met and insights. A command lost to a kill would be
+    // sent by the clean run instead, whose tables would then hold its effects and the
+    // faulted ones not; otherwise the clean runs send only repeats, which are refused or
+    // ignored. The keyspace of the clean runs is created meanwhile.
     let faulted = join_all(CASES.iter().enumerate().map(|(index, case)| {
         kill_repeatedly(
             &config,
