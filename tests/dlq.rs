@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::dead_letters;
 use common::events::{generations_row, produce, produce_event, table_rows, water, DAY_START, HOUR};
 use common::Stack;
 use dietstream::dlq::{self, Filter, Recheck};
@@ -206,15 +207,7 @@ async fn fixed_dead_letters_are_applied_in_a_rebuild_and_marked_redriven() {
     assert_eq!(totals(&env, 1).await, before);
 
     let group = dlq::redrive_group(&topics.group_id);
-    let read = || {
-        let (kafka, topic, group) = (env.kafka.clone(), dead_letter.clone(), group.clone());
-        async move {
-            tokio::task::spawn_blocking(move || dlq::read(&kafka, &topic, &group, TIMEOUT))
-                .await
-                .expect("read task")
-                .expect("dead letters read")
-        }
-    };
+    let read = || dead_letters::read(&env.kafka, &dead_letter, &group);
     let listed = read().await;
     assert_eq!(listed.letters.len(), 3);
     assert_eq!(listed.ends, [(0, 3)]);

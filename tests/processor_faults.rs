@@ -1,43 +1,48 @@
-//! Faults of the read-model processors on the real stack: a fixed-seed simulated history goes
-//! through the command processor, then each processor of [`CASES`] runs as the `dietstream`
-//! binary and is killed with SIGKILL at points a seeded RNG picks (after N records read since
-//! its start, N a random share of its lag, read from its `/metrics`), restarted each time, and
-//! left to finish. Its tables must then equal a clean single run of the same processor over
-//! the same log, row for row, and the oracle computed from the events (tests/common/oracle.rs). The quests processor
-//! sends commands: after a crash it sends some again, which the aggregate refuses or ignores.
-//! Last, bad records (garbage bytes, an unknown schema id, a broken rule) reach the nutrition
-//! processor: they end in its dead-letter topic with their context while the stream goes on.
+//! Faults of the read-model processors on the real stack. One fixed-seed simulated history
+//! (everyday players, and a few veterans who play enough game days for insights) goes through
+//! the command processor; then every processor of [`CASES`] is faulted side by side with the
+//! others, each with its own consumer group, `/metrics` port and random points: it runs as the
+//! `dietstream` binary and is killed with SIGKILL after N records read since its start (N a
+//! random share of its lag, read from its `/metrics`), restarted each time, and left to finish.
+//! Then all of them run again, cleanly and side by side, into a second keyspace; the tables of
+//! each must equal those of its clean run row for row, and the oracle computed from the events
+//! (tests/common/oracle.rs). The quests, nutrition and insights processors send commands:
+//! after a crash they send some again, which the aggregates refuse or ignore, and every insight
+//! drawn has exactly one `ai.insight.created` in the log. Last, bad records (garbage bytes, an
+//! unknown schema id, a broken rule) reach the nutrition processor: they end in its
+//! dead-letter topic with their context while the stream goes on.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use common::oracle;
-use common::Stack;
+use common::{dead_letters, oracle, Stack};
 use dietstream::config::Config;
+use dietstream::kafka::GroupLag;
 use dietstream_runtime::Projection;
 use dietstream_schemas::catalog::Catalog;
 use dietstream_schemas::codec::{Codec, RECORD_TYPE_HEADER};
-use dietstream_schemas::headers::{
-    DLQ_ERROR_CLASS, DLQ_ORIGINAL_OFFSET, DLQ_ORIGINAL_TOPIC, DLQ_PROCESSOR,
-};
 use dietstream_schemas::types::{EventHeader, WaterIntakeLogged, WaterIntakeLoggedPayload};
 use dietstream_schemas::Event;
 use dietstream_topology::{partition_for, prefixed, Topology};
+use futures::future::join_all;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::admin::AdminOptions;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
 use scylla::client::session::Session;
+use uuid::Uuid;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// SIGKILLs per processor before the run that is left to finish.
 const KILLS: usize = 3;
+/// The pause between two looks at a condition the test waits for.
+const POLL: Duration = Duration::from_millis(200);
 
 /// One processor under test: its name as `dietstream run` takes it and its read-model tables.
 struct Case {
@@ -49,8 +54,8 @@ fn names<P: Projection>(projection: &P) -> Vec<&'static str> {
     projection.tables().iter().map(|t| t.name).collect()
 }
 
-/// The processors under test. Quests first: the commands it sends add events the others read.
-/// A new processor is one entry here and one arm in [`check_oracle`].
+/// The processors under test. A new processor is one entry here and one arm in
+/// [`check_oracle`].
 const CASES: &[Case] = &[
     Case {
         processor: "quests",
@@ -64,10 +69,21 @@ const CASES: &[Case] = &[
         processor: "engagement",
         tables: || names(&dietstream_engagement::EngagementProjection::new()),
     },
+    Case {
+        processor: "insights",
+        tables: || names(&dietstream_insights::InsightsProjection::new()),
+    },
 ];
 
-/// The tables of `processor` in `ks` against the oracle of `events`.
-async fn check_oracle(processor: &str, session: &Session, ks: &str, events: &[Event]) {
+/// The tables of `processor` in `ks` against the oracle of `events` (the user topic) and
+/// `ai_events` (the AI topic).
+async fn check_oracle(
+    processor: &str,
+    session: &Session,
+    ks: &str,
+    events: &[Event],
+    ai_events: &[Event],
+) {
     match processor {
         "nutrition" => oracle::check_nutrition(session, ks, events).await,
         "engagement" => oracle::check_engagement(session, ks, events).await,
@@ -79,8 +95,57 @@ async fn check_oracle(processor: &str, session: &Session, ks: &str, events: &[Ev
                 "no catalogue quest completed, so none was checked"
             );
         }
+        "insights" => {
+            let insights = check_insights(session, ks, ai_events).await;
+            eprintln!("insights: {insights} insights checked against the AI topic");
+            assert!(insights > 0, "no insight drawn, so none was checked");
+        }
         other => panic!("no oracle for {other}"),
     }
+}
+
+/// Every row of `insights_by_user` in `ks` has exactly one `ai.insight.created` in
+/// `ai_events`, of its user, insight id and kind (the command processor turned the
+/// `CreateInsight` the insights processor sent into it, once however often it was sent), and
+/// there is no such event without a row. Returns the number of rows.
+async fn check_insights(session: &Session, ks: &str, ai_events: &[Event]) -> usize {
+    let rows = session
+        .query_unpaged(
+            format!("SELECT user_id, insight_kind, insight_id FROM {ks}.insights_by_user"),
+            (),
+        )
+        .await
+        .expect("select insights")
+        .into_rows_result()
+        .expect("rows");
+    let rows: Vec<(String, String, Uuid)> = rows
+        .rows::<(String, String, Uuid)>()
+        .expect("typed rows")
+        .map(|row| row.expect("row"))
+        .collect();
+    let mut created: BTreeMap<Uuid, Vec<(String, String)>> = BTreeMap::new();
+    for event in ai_events {
+        if let Event::AiInsightCreated(e) = event {
+            let kind = dietstream_insights::rules::kind_name(e.payload.insight_kind);
+            created
+                .entry(e.payload.insight_id)
+                .or_default()
+                .push((e.header.aggregate_id.clone(), kind.to_owned()));
+        }
+    }
+    for (user, kind, id) in &rows {
+        assert_eq!(
+            created.get(id),
+            Some(&vec![(user.clone(), kind.clone())]),
+            "the ai.insight.created events of insight {id} ({user}, {kind})"
+        );
+    }
+    assert_eq!(
+        created.len(),
+        rows.len(),
+        "ai.insight.created events without a row in insights_by_user"
+    );
+    rows.len()
 }
 
 /// A port nothing listens on now, for a child's `/metrics`.
@@ -105,7 +170,7 @@ impl SettingsFile {
              \"session.timeout.ms\" = \"6000\"\n\
              \"heartbeat.interval.ms\" = \"1000\"\n\
              \"auto.commit.interval.ms\" = \"200\"\n\
-         \"group.instance.id\" = \"faults\"\n",
+             \"group.instance.id\" = \"faults\"\n",
         )
         .expect("config file written");
         SettingsFile(path)
@@ -118,8 +183,20 @@ impl Drop for SettingsFile {
     }
 }
 
-/// A running `dietstream run <processor>` and the address of its metrics.
+/// How a child runs its batches.
+#[derive(Clone, Copy)]
+enum Batches {
+    /// Small batches and few writes in flight: the run lasts long enough to be hit.
+    Small,
+    /// The defaults (up to 1000 records, 64 writes in flight): the clean runs, which so also
+    /// check that the tables do not depend on how the log was cut into batches.
+    Default,
+}
+
+/// A running `dietstream run <processor>` and the address of its metrics; killed when dropped
+/// (a failing test leaves no process behind).
 struct Running {
+    processor: &'static str,
     child: Child,
     metrics: String,
 }
@@ -127,12 +204,19 @@ struct Running {
 impl Running {
     fn start(
         config: &Config,
-        settings: &std::path::Path,
-        processor: &str,
+        settings: &Path,
+        processor: &'static str,
         keyspace: &str,
+        batches: Batches,
     ) -> Running {
         let port = free_port();
-        let child = Process::new(env!("CARGO_BIN_EXE_dietstream"))
+        let mut process = Process::new(env!("CARGO_BIN_EXE_dietstream"));
+        if let Batches::Small = batches {
+            process
+                .env("DIETSTREAM_PROCESSORS__BATCH_SIZE", "16")
+                .env("DIETSTREAM_PROCESSORS__MAX_IN_FLIGHT", "2");
+        }
+        let child = process
             .args(["run", processor])
             .env("DIETSTREAM_CONFIG", settings)
             .env(
@@ -150,25 +234,28 @@ impl Running {
             .env("DIETSTREAM_CQL__KEYSPACE", keyspace)
             .env("DIETSTREAM_TOPOLOGY__PREFIX", &config.topology.prefix)
             .env("DIETSTREAM_METRICS__LISTEN", format!("127.0.0.1:{port}"))
-            // Small batches and few writes in flight: the run lasts long enough to be hit.
-            .env("DIETSTREAM_PROCESSORS__BATCH_SIZE", "16")
-            .env("DIETSTREAM_PROCESSORS__MAX_IN_FLIGHT", "2")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
             .expect("dietstream binary starts");
         Running {
+            processor,
             child,
             metrics: format!("http://127.0.0.1:{port}/metrics"),
+        }
+    }
+
+    /// Fails the test when the process has exited by itself.
+    fn alive(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("child status") {
+            panic!("{} exited by itself: {status}", self.processor);
         }
     }
 
     /// Records read since this process started (`dietstream_records_consumed_total`), or
     /// `None` while its endpoint is not up yet.
     async fn consumed(&mut self, http: &reqwest::Client) -> Option<i64> {
-        if let Some(status) = self.child.try_wait().expect("child status") {
-            panic!("the processor exited by itself: {status}");
-        }
+        self.alive();
         let text = http
             .get(&self.metrics)
             .send()
@@ -190,8 +277,8 @@ impl Running {
         self.child.wait().expect("killed child reaped");
     }
 
-    /// SIGTERM: the processor finishes its batch, commits, leaves its group and exits 0.
-    fn terminate(mut self) {
+    /// SIGTERM: the processor finishes its batch, commits and exits 0.
+    async fn terminate(mut self) {
         let status = Process::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -200,11 +287,25 @@ impl Running {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("child status") {
-                assert!(status.success(), "the processor stopped with {status}");
+                assert!(status.success(), "{} stopped with {status}", self.processor);
                 return;
             }
-            assert!(Instant::now() < deadline, "the processor ignores SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                Instant::now() < deadline,
+                "{} ignores SIGTERM",
+                self.processor
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Reaped already after kill_9 and terminate; otherwise the test is failing.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -222,7 +323,7 @@ fn group_of(config: &Config, processor: &str) -> (String, Vec<String>) {
     (consumer.group.clone(), consumer.reads.clone())
 }
 
-async fn lag(config: &Config, processor: &str) -> i64 {
+async fn group_lag(config: &Config, processor: &str) -> GroupLag {
     let kafka = config.kafka.client_config();
     let (group, reads) = group_of(config, processor);
     tokio::task::spawn_blocking(move || {
@@ -231,28 +332,94 @@ async fn lag(config: &Config, processor: &str) -> i64 {
     .await
     .expect("lag task")
     .expect("lag")
-    .total()
 }
 
-/// Waits until `processor` and the command processor both have lag 0 twice in a row (the
-/// quests processor's commands may add events after it caught up once).
-async fn settle(config: &Config, processor: &str, running: &mut Running, http: &reqwest::Client) {
+async fn lag(config: &Config, processor: &str) -> i64 {
+    group_lag(config, processor).await.total()
+}
+
+/// Waits until the log has stopped growing and every processor of `running` has read all of
+/// it. The processors send commands whose events they read in turn, so one look at the lags
+/// is not enough: it takes two rounds in a row in which the command processor, then each
+/// processor, has lag 0, with no command sent between the two. Every command sent before the
+/// first round was then applied by its end, the processors had read every event and sent
+/// what it caused, and nothing was sent since.
+async fn settle(config: &Config, running: &mut [Running]) {
     let deadline = Instant::now() + TIMEOUT;
-    let mut quiet = 0;
-    while quiet < 2 {
-        assert!(Instant::now() < deadline, "{processor} does not catch up");
-        // Also fails the test when the child died.
-        running.consumed(http).await;
-        if lag(config, processor).await == 0 && lag(config, "commands").await == 0 {
-            quiet += 1;
-        } else {
-            quiet = 0;
+    // Commands ever sent, when the last round was quiet.
+    let mut quiet_at: Option<i64> = None;
+    loop {
+        assert!(Instant::now() < deadline, "the processors do not catch up");
+        for process in running.iter_mut() {
+            process.alive();
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let commands = group_lag(config, "commands").await;
+        let sent: i64 = commands.partitions.iter().map(|p| p.3).sum();
+        let mut quiet = commands.total() == 0;
+        if quiet {
+            let lags = join_all(running.iter().map(|p| lag(config, p.processor))).await;
+            quiet = lags.iter().all(|lag| *lag == 0);
+        }
+        if quiet && quiet_at == Some(sent) {
+            return;
+        }
+        quiet_at = quiet.then_some(sent);
+        tokio::time::sleep(POLL).await;
     }
 }
 
+/// Stops every process of `running` with SIGTERM, side by side.
+async fn terminate_all(running: Vec<Running>) {
+    join_all(running.into_iter().map(Running::terminate)).await;
+}
+
+/// Runs `processor` on `keyspace`, killing it with SIGKILL [`KILLS`] times at points an RNG of
+/// `seed` picks and restarting it each time; returns the run that is left to finish.
+async fn kill_repeatedly(
+    config: &Config,
+    settings: &Path,
+    processor: &'static str,
+    keyspace: &str,
+    seed: u64,
+    http: &reqwest::Client,
+) -> Running {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut kills = Vec::new();
+    for _ in 0..KILLS {
+        // The kill point: a random share of what is left to read (records, transaction
+        // markers included, so the point is reached before the end in most runs).
+        let remaining = lag(config, processor).await;
+        let target = rng.random_range(1..=(remaining / 2).max(1));
+        let mut running = Running::start(config, settings, processor, keyspace, Batches::Small);
+        let deadline = Instant::now() + TIMEOUT;
+        let mut looked = Instant::now();
+        let consumed = loop {
+            assert!(Instant::now() < deadline, "{processor} reads nothing");
+            match running.consumed(http).await {
+                Some(n) if n >= target => break n,
+                // Caught up before the point: the kill then hits an idle processor whose
+                // last offsets may not be committed yet.
+                Some(n) if looked.elapsed() > POLL => {
+                    if lag(config, processor).await == 0 {
+                        break n;
+                    }
+                    looked = Instant::now();
+                }
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        running.kill_9();
+        kills.push((consumed, remaining));
+    }
+    eprintln!(
+        "{processor}: killed after (records read since the start, records left at the start): {kills:?}"
+    );
+    Running::start(config, settings, processor, keyspace, Batches::Small)
+}
+
 /// Removes the group's committed offsets, so that the next run reads the log from its start.
+/// A killed static member stays in its group until its session times out; till then the
+/// group cannot be deleted.
 async fn forget_group(stack: &Stack, config: &Config, processor: &str) {
     let (group, _) = group_of(config, processor);
     let admin = stack.admin();
@@ -266,19 +433,22 @@ async fn forget_group(stack: &Stack, config: &Config, processor: &str) {
             return;
         }
         assert!(Instant::now() < deadline, "{group} not deleted: {result:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_at_random_points_leaves_the_tables_equal_to_the_oracle_and_a_clean_run() {
+async fn kill_9_of_each_processor_at_random_points_leaves_its_tables_equal_to_a_clean_run_and_the_oracle(
+) {
     common::init_tracing();
     let stack = Stack::get().await;
-    let mut config = stack.with_topology().await;
-    config.cql.keyspace = common::unique_name("faults");
-    let session = dietstream::run::migrate(&config).await.expect("migrate");
+    let config = stack.with_topology().await;
+    let (fault_ks, clean_ks) = (common::unique_name("fault"), common::unique_name("clean"));
     let settings = SettingsFile::write();
     let http = reqwest::Client::new();
+    // How long each step took, for the output of a failing run (or --nocapture).
+    let started = Instant::now();
+    let step = |name: &str| eprintln!("{name}: done at {:.1} s", started.elapsed().as_secs_f64());
 
     let (stop_commands, commands_stopped) = tokio::sync::oneshot::channel::<()>();
     let commands = tokio::spawn({
@@ -290,108 +460,144 @@ async fn kill_9_at_random_points_leaves_the_tables_equal_to_the_oracle_and_a_cle
             .await
         }
     });
-    let summary =
-        common::simulate(&config, format!("{}-f", stack.prefix), 77, 24, 1200, 2000.0).await;
-    assert!(summary.accepted > 1000, "{summary}");
+    // The input all processors share, played while the keyspace of the faulted runs is
+    // created (before the processors start, so that they do not create it side by side):
+    // everyday players, a few game days each, and veterans who play a week and more each,
+    // which insights need (4 days with meals in a 7-day window). Each player waits for the
+    // answer to a command before the next, so more players with fewer commands each are done
+    // sooner.
+    let migrate = |keyspace: &str| {
+        let mut config = config.clone();
+        config.cql.keyspace = keyspace.to_owned();
+        async move {
+            let session = dietstream::run::migrate(&config).await.expect("migrate");
+            step(&format!("keyspace {} created", config.cql.keyspace));
+            session
+        }
+    };
+    let (session, everyday, veterans) = tokio::join!(
+        migrate(&fault_ks),
+        common::simulate(&config, format!("{}-f", stack.prefix), 77, 24, 1200, 2000.0),
+        common::simulate(&config, format!("{}-v", stack.prefix), 78, 8, 800, 2000.0),
+    );
+    assert!(everyday.accepted > 1000, "{everyday}");
+    assert!(veterans.accepted > 600, "{veterans}");
+    step(&format!(
+        "input simulated: {everyday}; veterans: {veterans}"
+    ));
 
-    let mut rng = StdRng::seed_from_u64(0x5EED_FA17);
-    let mut faulted = Vec::new();
+    // The faulted runs first, all processors side by side, each with its own seed: the
+    // commands the killed quests, nutrition and insights processors send are the ones that
+    // make the events of quests, goals met and insights. A command lost to a kill would be
+    // sent by the clean run instead, whose tables would then hold its effects and the
+    // faulted ones not; otherwise the clean runs send only repeats, which are refused or
+    // ignored. The keyspace of the clean runs is created meanwhile.
+    let faulted = join_all(CASES.iter().enumerate().map(|(index, case)| {
+        kill_repeatedly(
+            &config,
+            &settings.0,
+            case.processor,
+            &fault_ks,
+            0x5EED_FA17 + index as u64,
+            &http,
+        )
+    }));
+    let (mut last, _) = tokio::join!(faulted, migrate(&clean_ks));
+    settle(&config, &mut last).await;
+    terminate_all(last).await;
+    step("faulted runs");
+
+    // Then the clean runs, side by side, over the same log from its start.
+    join_all(
+        CASES
+            .iter()
+            .map(|case| forget_group(&stack, &config, case.processor)),
+    )
+    .await;
+    let mut clean: Vec<Running> = CASES
+        .iter()
+        .map(|case| {
+            Running::start(
+                &config,
+                &settings.0,
+                case.processor,
+                &clean_ks,
+                Batches::Default,
+            )
+        })
+        .collect();
+    settle(&config, &mut clean).await;
+    terminate_all(clean).await;
+    step("clean runs");
+
+    // Row for row. Both runs read one log, so what they read is the same; what may differ
+    // between them is outside the tables compared: for insights, the faulted run sent the
+    // CreateInsight commands that made the ai.insight.created events (a repeat after a
+    // restart, and every one of the clean run, is refused), so where those events landed in
+    // diet.events.ai, their event ids and times, depend on when the kills came and on the
+    // other processors' commands in between; the tables hold none of that, only the
+    // insight's id, kind and the counts per kind. The runtime's state tables (with offsets)
+    // are not compared.
     for case in CASES {
         let tables = (case.tables)();
-        let clean_ks = common::unique_name("clean");
-        let fault_ks = common::unique_name("fault");
-
-        let mut clean = Running::start(&config, &settings.0, case.processor, &clean_ks);
-        settle(&config, case.processor, &mut clean, &http).await;
-        clean.terminate();
-        forget_group(&stack, &config, case.processor).await;
-
-        let mut kills = Vec::new();
-        for _ in 0..KILLS {
-            // The kill point: a random share of what is left to read (records, transaction
-            // markers included, so the point is reached before the end in most runs).
-            let remaining = lag(&config, case.processor).await;
-            let target = rng.random_range(1..=(remaining / 2).max(1));
-            let mut running = Running::start(&config, &settings.0, case.processor, &fault_ks);
-            let deadline = Instant::now() + TIMEOUT;
-            let mut polls = 0_u32;
-            let consumed = loop {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} reads nothing",
-                    case.processor
-                );
-                polls += 1;
-                match running.consumed(&http).await {
-                    Some(n) if n >= target => break n,
-                    // Caught up before the point: the kill then hits an idle processor whose
-                    // last offsets may not be committed yet.
-                    Some(n)
-                        if polls.is_multiple_of(50) && lag(&config, case.processor).await == 0 =>
-                    {
-                        break n
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            };
-            running.kill_9();
-            kills.push((consumed, remaining));
-        }
-        let mut last = Running::start(&config, &settings.0, case.processor, &fault_ks);
-        settle(&config, case.processor, &mut last, &http).await;
-        last.terminate();
-        eprintln!(
-            "{}: killed after (records read since the start, records left at the start): {kills:?}",
-            case.processor
-        );
-
         assert_eq!(
             oracle::dump(&session, &fault_ks, &tables).await,
             oracle::dump(&session, &clean_ks, &tables).await,
             "{}: the tables after {KILLS} kills differ from a clean run",
             case.processor
         );
-        faulted.push((case.processor, fault_ks));
     }
-
     let user_topic = prefixed(&config.topology.prefix, "diet.events.user");
     let events = oracle::events_of(&stack, &config, &user_topic).await;
-    for (processor, ks) in &faulted {
-        check_oracle(processor, &session, ks, &events).await;
+    let ai_events = oracle::events_of(
+        &stack,
+        &config,
+        &prefixed(&config.topology.prefix, "diet.events.ai"),
+    )
+    .await;
+    for case in CASES {
+        check_oracle(case.processor, &session, &fault_ks, &events, &ai_events).await;
     }
+    step("tables compared");
 
     // Bad records on the user topic: dead-lettered with their context, the rest processed.
-    let nutrition_ks = &faulted
-        .iter()
-        .find(|(p, _)| *p == "nutrition")
-        .expect("nutrition ran")
-        .1;
+    // The nutrition group's offsets are the clean run's now, so it goes on in that keyspace.
     let good_user = format!("{}-dlq", stack.prefix);
     let sent = bad_records_then_water(&stack, &config, &user_topic, &good_user).await;
-    let mut running = Running::start(&config, &settings.0, "nutrition", nutrition_ks);
-    settle(&config, "nutrition", &mut running, &http).await;
-    running.terminate();
-    let letters = dead_letters(
-        &stack,
+    let mut running = vec![Running::start(
+        &config,
+        &settings.0,
+        "nutrition",
+        &clean_ks,
+        Batches::Default,
+    )];
+    settle(&config, &mut running).await;
+    terminate_all(running).await;
+    let (group, _) = group_of(&config, "nutrition");
+    let letters = dead_letters::read(
+        &config.kafka.client_config(),
         &prefixed(&config.topology.prefix, "diet.dlq.nutrition"),
-    );
-    let mut classes: Vec<&str> = letters.iter().map(|l| l.class.as_str()).collect();
+        &dietstream::dlq::redrive_group(&group),
+    )
+    .await
+    .letters;
+    let mut classes: Vec<&str> = letters.iter().map(|l| l.error_class.as_str()).collect();
     classes.sort_unstable();
     assert_eq!(
         classes,
         ["bad_magic", "rule_violation", "unknown_schema_id"]
     );
     for letter in &letters {
-        assert_eq!(letter.processor, "nutrition");
-        assert_eq!(letter.topic, user_topic);
+        assert_eq!(letter.processor.as_deref(), Some("nutrition"));
+        assert_eq!(letter.original_topic.as_deref(), Some(user_topic.as_str()));
         assert!(
-            sent.contains(&letter.offset),
+            letter.original_offset.is_some_and(|o| sent.contains(&o)),
             "{letter:?} not one of {sent:?}"
         );
     }
     let rows = session
         .query_unpaged(
-            format!("SELECT water_ml FROM {nutrition_ks}.nutrition_user_daily WHERE user_id = ?"),
+            format!("SELECT water_ml FROM {clean_ks}.nutrition_user_daily WHERE user_id = ?"),
             (&good_user,),
         )
         .await
@@ -404,6 +610,7 @@ async fn kill_9_at_random_points_leaves_the_tables_equal_to_the_oracle_and_a_cle
         .map(|r| r.expect("row").0)
         .collect();
     assert_eq!(water, [Some(250)], "the record after the bad ones");
+    step("dead letters");
 
     stop_commands.send(()).expect("command processor running");
     if let Err(e) = commands.await.expect("command processor task") {
@@ -444,7 +651,7 @@ async fn bad_records_then_water(
     config: &Config,
     topic: &str,
     user: &str,
-) -> Vec<String> {
+) -> Vec<i64> {
     let codec = Codec::new(
         config.schema_registry.registry().expect("registry"),
         &Catalog::embedded().expect("catalog"),
@@ -483,59 +690,8 @@ async fn bad_records_then_water(
             .map_err(|(e, _)| e)
             .expect("produce");
         if index < 3 {
-            offsets.push(delivery.offset.to_string());
+            offsets.push(delivery.offset);
         }
     }
     offsets
-}
-
-#[derive(Debug)]
-struct Letter {
-    class: String,
-    topic: String,
-    offset: String,
-    processor: String,
-}
-
-/// Every record of the one-partition dead-letter `topic`, with its context headers.
-fn dead_letters(stack: &Stack, topic: &str) -> Vec<Letter> {
-    let consumer: BaseConsumer = stack.consumer_config().create().expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .expect("metadata");
-    let mut list = TopicPartitionList::new();
-    let mut total = 0;
-    for partition in metadata.topics()[0].partitions() {
-        list.add_partition_offset(topic, partition.id(), Offset::Beginning)
-            .expect("partition");
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition.id(), TIMEOUT)
-            .expect("watermarks");
-        total += high - low;
-    }
-    consumer.assign(&list).expect("assign");
-    let mut letters = Vec::new();
-    let deadline = Instant::now() + TIMEOUT;
-    while (letters.len() as i64) < total {
-        assert!(Instant::now() < deadline, "dead letters not read in time");
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.expect("dead letter");
-        let header = |name: &str| {
-            message
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == name))
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        letters.push(Letter {
-            class: header(DLQ_ERROR_CLASS),
-            topic: header(DLQ_ORIGINAL_TOPIC),
-            offset: header(DLQ_ORIGINAL_OFFSET),
-            processor: header(DLQ_PROCESSOR),
-        });
-    }
-    letters
 }

@@ -14,6 +14,7 @@
 pub mod commands;
 #[cfg(feature = "containers")]
 mod containers;
+pub mod dead_letters;
 pub mod events;
 pub mod oracle;
 
