@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command as Process, Stdio};
@@ -36,7 +35,6 @@ use rdkafka::admin::AdminOptions;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use scylla::client::session::Session;
-use uuid::Uuid;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// SIGKILLs per processor before the run that is left to finish.
@@ -96,56 +94,15 @@ async fn check_oracle(
             );
         }
         "insights" => {
-            let insights = check_insights(session, ks, ai_events).await;
-            eprintln!("insights: {insights} insights checked against the AI topic");
-            assert!(insights > 0, "no insight drawn, so none was checked");
+            let checked = oracle::check_insights(session, ks, events, ai_events).await;
+            eprintln!("insights: {checked:?}");
+            assert!(
+                checked.insights > 0 && checked.rederived > 0,
+                "no insight drawn, so none was checked: {checked:?}"
+            );
         }
         other => panic!("no oracle for {other}"),
     }
-}
-
-/// Every row of `insights_by_user` in `ks` has exactly one `ai.insight.created` in
-/// `ai_events`, of its user, insight id and kind (the command processor turned the
-/// `CreateInsight` the insights processor sent into it, once however often it was sent), and
-/// there is no such event without a row. Returns the number of rows.
-async fn check_insights(session: &Session, ks: &str, ai_events: &[Event]) -> usize {
-    let rows = session
-        .query_unpaged(
-            format!("SELECT user_id, insight_kind, insight_id FROM {ks}.insights_by_user"),
-            (),
-        )
-        .await
-        .expect("select insights")
-        .into_rows_result()
-        .expect("rows");
-    let rows: Vec<(String, String, Uuid)> = rows
-        .rows::<(String, String, Uuid)>()
-        .expect("typed rows")
-        .map(|row| row.expect("row"))
-        .collect();
-    let mut created: BTreeMap<Uuid, Vec<(String, String)>> = BTreeMap::new();
-    for event in ai_events {
-        if let Event::AiInsightCreated(e) = event {
-            let kind = dietstream_insights::rules::kind_name(e.payload.insight_kind);
-            created
-                .entry(e.payload.insight_id)
-                .or_default()
-                .push((e.header.aggregate_id.clone(), kind.to_owned()));
-        }
-    }
-    for (user, kind, id) in &rows {
-        assert_eq!(
-            created.get(id),
-            Some(&vec![(user.clone(), kind.clone())]),
-            "the ai.insight.created events of insight {id} ({user}, {kind})"
-        );
-    }
-    assert_eq!(
-        created.len(),
-        rows.len(),
-        "ai.insight.created events without a row in insights_by_user"
-    );
-    rows.len()
 }
 
 /// A port nothing listens on now, for a child's `/metrics`.
