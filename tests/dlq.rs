@@ -94,6 +94,7 @@ impl Projection for Capped {
                 vec![Some(CqlValue::BigInt(state.millilitres))],
             )],
             commands: Vec::new(),
+            partials: Vec::new(),
         })
     }
 }
