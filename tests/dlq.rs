@@ -95,6 +95,7 @@ impl Projection for Capped {
                 vec![Some(CqlValue::BigInt(state.millilitres))],
             )],
             commands: Vec::new(),
+            partials: Vec::new(),
         })
     }
 }

@@ -3,7 +3,9 @@
 //! produced events; records the projection does not want are skipped undecoded; garbage bytes,
 //! an unknown schema id and a broken rule end in the dead-letter topic with their context; a
 //! second group replaying the whole log over the same tables changes nothing; the metrics
-//! endpoint shows what happened.
+//! endpoint shows what happened. The partial rows across users (water per day and source
+//! partition) equal the oracle, also after the loop stopped between writing them and saving
+//! the users' states and was restarted.
 
 mod common;
 
@@ -16,7 +18,8 @@ use common::Stack;
 use dietstream::kafka::ensure_topic;
 use dietstream_runtime::consume::{self, LoopConfig, Parts, ProcessorTopics};
 use dietstream_runtime::{
-    Effects, Origin, ProcessorMetrics, Projection, Row, RuleError, Store, Table,
+    Effects, Origin, Partial, PartialTable, ProcessorMetrics, Projection, Row, RuleError, Store,
+    Sum, Table,
 };
 use dietstream_schemas::catalog::Catalog;
 use dietstream_schemas::codec::{Codec, RECORD_TYPE_HEADER};
@@ -41,8 +44,16 @@ const DAY_START: i64 = 1_764_115_200_000_000;
 const HOUR: i64 = 3_600_000_000;
 const MICROS_PER_DAY: i64 = 24 * HOUR;
 
-/// Water per user and day, and the total per source partition.
-struct Water;
+/// Water per user and day, the total per source partition (an entity of its own), and per
+/// day the partial rows across users (the runtime's; the partition entity adds the intakes,
+/// the user entities the users).
+#[derive(Debug, Clone, Copy, Default)]
+struct Water {
+    /// An intake of this many ml makes the user's effects carry a row its table refuses: the
+    /// loop stops with an error after the batch's partial rows were written and saved, before
+    /// any user state of the batch is.
+    poison: Option<i64>,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct WaterState {
@@ -61,7 +72,17 @@ const TABLES: &[Table] = &[
         key: &["source_partition"],
         values: &["millilitres"],
     },
+    Table {
+        name: "rt_water_day_partials",
+        key: &["day", "source_partition"],
+        values: &["millilitres", "users"],
+    },
 ];
+
+const PARTIALS: &[PartialTable] = &[PartialTable {
+    name: "rt_water_day_partials",
+    sums: &[Sum::BigInt, Sum::Int],
+}];
 
 fn cql_date(day: i64) -> CqlValue {
     CqlValue::Date(CqlDate((day + (1_i64 << 31)) as u32))
@@ -78,6 +99,10 @@ impl Projection for Water {
         TABLES
     }
 
+    fn partials(&self) -> &'static [PartialTable] {
+        PARTIALS
+    }
+
     fn migrations(&self) -> Vec<String> {
         vec![
             "CREATE TABLE IF NOT EXISTS {keyspace}.rt_water_days (user_id text, day date, \
@@ -85,6 +110,10 @@ impl Projection for Water {
                 .to_owned(),
             "CREATE TABLE IF NOT EXISTS {keyspace}.rt_water_partitions (source_partition int \
              PRIMARY KEY, millilitres bigint)"
+                .to_owned(),
+            "CREATE TABLE IF NOT EXISTS {keyspace}.rt_water_day_partials (day date, \
+             source_partition int, millilitres bigint, users int, \
+             PRIMARY KEY ((day), source_partition))"
                 .to_owned(),
         ]
     }
@@ -113,7 +142,16 @@ impl Projection for Water {
             return Err(RuleError(format!("{millilitres} ml is not an intake")));
         }
         let day = water.payload.drunk_at.div_euclid(MICROS_PER_DAY);
+        let mut partials = Vec::new();
+        let mut poisoned = None;
         let row = if entity == "partition" {
+            // Two entities of one record add to one partial row: the partition entity the
+            // intake, the user entity the user.
+            partials.push(Partial {
+                table: "rt_water_day_partials",
+                key: vec![cql_date(day)],
+                deltas: vec![millilitres, 0],
+            });
             let total = state.days.entry(0).or_default();
             total.0 += millilitres;
             Row::upsert(
@@ -123,8 +161,21 @@ impl Projection for Water {
             )
         } else {
             let figures = state.days.entry(day).or_default();
+            // One more user in the day's partial row on the user's first intake of the day.
+            partials.push(Partial {
+                table: "rt_water_day_partials",
+                key: vec![cql_date(day)],
+                deltas: vec![0, i64::from(figures.1 == 0)],
+            });
             figures.0 += millilitres;
             figures.1 += 1;
+            if self.poison == Some(millilitres) {
+                poisoned = Some(Row::upsert(
+                    "rt_water_days",
+                    vec![CqlValue::Text(entity.to_owned()), cql_date(day)],
+                    Vec::new(),
+                ));
+            }
             Row::upsert(
                 "rt_water_days",
                 vec![
@@ -138,8 +189,9 @@ impl Projection for Water {
             )
         };
         Ok(Effects {
-            rows: vec![row],
+            rows: [row].into_iter().chain(poisoned).collect(),
             commands: Vec::new(),
+            partials,
         })
     }
 }
@@ -184,7 +236,7 @@ impl Fixture {
         }
         let (session, keyspace) = stack.keyspace().await;
         for _ in 0..2 {
-            dietstream_runtime::store::migrate(&session, &Water, &keyspace)
+            dietstream_runtime::store::migrate(&session, &Water::default(), &keyspace)
                 .await
                 .expect("migrate");
         }
@@ -243,11 +295,25 @@ impl Fixture {
     /// Runs the loop in `group_id` until its committed offsets reach the end of every
     /// partition, then stops it; returns the metrics it reported, as scraped text.
     async fn run_until_caught_up(&self, group_id: &str) -> String {
+        self.run(group_id, Water::default()).await
+    }
+
+    /// Starts the loop of `projection` in `group_id`.
+    async fn start(
+        &self,
+        group_id: &str,
+        projection: Water,
+    ) -> (
+        tokio::task::JoinHandle<Result<consume::LoopSummary, dietstream_runtime::RuntimeError>>,
+        tokio::sync::oneshot::Sender<()>,
+        prometheus::Registry,
+        rdkafka::ClientConfig,
+    ) {
         let mut kafka = self.stack.config.kafka.client_config();
         kafka.set("auto.commit.interval.ms", "100");
         let registry = prometheus::Registry::new();
         let metrics = ProcessorMetrics::new("water", &registry).expect("metrics");
-        let store = Store::prepare(Arc::clone(&self.session), &Water, &self.keyspace)
+        let store = Store::prepare(Arc::clone(&self.session), &projection, &self.keyspace)
             .await
             .expect("prepare");
         let config = LoopConfig {
@@ -262,7 +328,7 @@ impl Fixture {
             let kafka = kafka.clone();
             async move {
                 let parts = Parts {
-                    projection: Arc::new(Water),
+                    projection: Arc::new(projection),
                     topics,
                     store,
                     codec,
@@ -275,6 +341,12 @@ impl Fixture {
                 .await
             }
         });
+        (processor, stop, registry, kafka)
+    }
+
+    /// [`Fixture::run_until_caught_up`] with this projection.
+    async fn run(&self, group_id: &str, projection: Water) -> String {
+        let (processor, stop, registry, kafka) = self.start(group_id, projection).await;
         let watcher: BaseConsumer = kafka
             .clone()
             .set("group.id", group_id)
@@ -308,47 +380,72 @@ impl Fixture {
             .expect("metrics text")
     }
 
-    async fn water_days(&self) -> BTreeMap<(String, i64), (i64, i64)> {
-        let rows = self
-            .session
-            .query_unpaged(
-                format!(
-                    "SELECT user_id, day, millilitres, logs FROM {}.rt_water_days",
-                    self.keyspace
-                ),
-                (),
-            )
+    /// Every row of a query (`{ks}` where the keyspace goes).
+    async fn select<T>(&self, cql: &str) -> Vec<T>
+    where
+        T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        self.session
+            .query_unpaged(cql.replace("{ks}", &self.keyspace), ())
             .await
             .expect("select")
             .into_rows_result()
-            .expect("rows");
-        rows.rows::<(String, CqlDate, i64, i64)>()
+            .expect("rows")
+            .rows::<T>()
             .expect("typed rows")
-            .map(|row| {
-                let (user, day, ml, logs) = row.expect("row");
-                ((user, i64::from(day.0) - (1_i64 << 31)), (ml, logs))
-            })
+            .map(|row| row.expect("row"))
+            .collect()
+    }
+
+    async fn water_days(&self) -> BTreeMap<(String, i64), (i64, i64)> {
+        let rows: Vec<(String, CqlDate, i64, i64)> = self
+            .select("SELECT user_id, day, millilitres, logs FROM {ks}.rt_water_days")
+            .await;
+        rows.into_iter()
+            .map(|(user, day, ml, logs)| ((user, i64::from(day.0) - (1_i64 << 31)), (ml, logs)))
             .collect()
     }
 
     async fn partition_totals(&self) -> i64 {
+        let rows: Vec<(i64,)> = self
+            .select("SELECT millilitres FROM {ks}.rt_water_partitions")
+            .await;
+        rows.into_iter().map(|(ml,)| ml).sum()
+    }
+
+    /// The partial rows: (day, source partition) → (millilitres, users).
+    async fn day_partials(&self) -> BTreeMap<(i64, i32), (i64, i32)> {
+        let rows: Vec<(CqlDate, i32, i64, i32)> = self
+            .select(
+                "SELECT day, source_partition, millilitres, users FROM {ks}.rt_water_day_partials",
+            )
+            .await;
+        rows.into_iter()
+            .map(|(day, partition, ml, users)| {
+                ((i64::from(day.0) - (1_i64 << 31), partition), (ml, users))
+            })
+            .collect()
+    }
+
+    /// The offset a user entity's saved state has applied, if it has one.
+    async fn user_offset(&self, user: &str) -> Option<i64> {
+        let source = format!("{}/{}", self.events, partition_for(user, PARTITIONS));
         let rows = self
             .session
             .query_unpaged(
                 format!(
-                    "SELECT millilitres FROM {}.rt_water_partitions",
+                    "SELECT applied_offset FROM {}.water_state WHERE source = ? AND entity = ?",
                     self.keyspace
                 ),
-                (),
+                (source, format!("user/{user}")),
             )
             .await
             .expect("select")
             .into_rows_result()
             .expect("rows");
-        rows.rows::<(i64,)>()
-            .expect("typed rows")
-            .map(|row| row.expect("row").0)
-            .sum()
+        rows.maybe_first_row::<(i64,)>()
+            .expect("typed row")
+            .map(|(offset,)| offset)
     }
 
     /// The dead letters: (error class, original offset, processor), in order.
@@ -390,6 +487,20 @@ impl Fixture {
         }
         letters
     }
+}
+
+/// The partial rows the per-user oracle implies: per day and the user's partition, the sum of
+/// the millilitres and the number of users.
+fn partials_of(days: &BTreeMap<(String, i64), (i64, i64)>) -> BTreeMap<(i64, i32), (i64, i32)> {
+    let mut out: BTreeMap<(i64, i32), (i64, i32)> = BTreeMap::new();
+    for ((user, day), (ml, _)) in days {
+        let sums = out
+            .entry((*day, partition_for(user, PARTITIONS)))
+            .or_default();
+        sums.0 += ml;
+        sums.1 += 1;
+    }
+    out
 }
 
 /// True when the group's committed offset equals the end of every partition of `topic`.
@@ -471,6 +582,7 @@ async fn the_loop_writes_the_oracle_dead_letters_bad_records_and_replays_identic
         .await;
     assert_eq!(fixture.water_days().await, oracle);
     assert_eq!(fixture.partition_totals().await, total);
+    assert_eq!(fixture.day_partials().await, partials_of(&oracle));
     let mut classes: Vec<String> = fixture
         .dead_letters()
         .into_iter()
@@ -511,4 +623,122 @@ async fn the_loop_writes_the_oracle_dead_letters_bad_records_and_replays_identic
         .await;
     assert_eq!(fixture.water_days().await, oracle);
     assert_eq!(fixture.partition_totals().await, total);
+    assert_eq!(fixture.day_partials().await, partials_of(&oracle));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_between_the_partial_rows_and_the_users_states_counts_nothing_twice() {
+    common::init_tracing();
+    let fixture = Fixture::new().await;
+    let mut oracle: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+    let mut log = |user: &str, at: i64, ml: i32| {
+        let day = oracle
+            .entry((user.to_owned(), at.div_euclid(MICROS_PER_DAY)))
+            .or_default();
+        day.0 += i64::from(ml);
+        day.1 += 1;
+    };
+    for u in 0..5 {
+        let user = format!("user-{u}");
+        for v in 1..=6_i64 {
+            let at = DAY_START + (v % 2) * MICROS_PER_DAY + v * HOUR;
+            let ml = 100 + 10 * i32::try_from(v + u).expect("small");
+            fixture.produce_event(&water(&user, v, at, ml)).await;
+            log(&user, at, ml);
+        }
+    }
+    // The last record of user-0's partition: 777 ml, which the poisoned projection cannot
+    // write for the user.
+    let poisoned_at = DAY_START + 20 * HOUR;
+    fixture
+        .produce_event(&water("user-0", 7, poisoned_at, 777))
+        .await;
+    log("user-0", poisoned_at, 777);
+    let partition = partition_for("user-0", PARTITIONS);
+
+    let group = common::unique_name("water");
+    let (processor, _stop, _, _) = fixture.start(&group, Water { poison: Some(777) }).await;
+    let stopped = tokio::time::timeout(TIMEOUT, processor)
+        .await
+        .expect("the poisoned loop stops within the timeout")
+        .expect("processor task");
+    let error = stopped.expect_err("the poisoned loop stops on the row its table refuses");
+    assert!(error.to_string().contains("rt_water_days"), "{error}");
+    // Stopped between the two halves of that batch: the partial rows of user-0's partition
+    // already hold the poisoned intake (and everything before it in that partition), while
+    // user-0's saved state has not reached it.
+    let want = partials_of(&oracle);
+    let got = fixture.day_partials().await;
+    for (key, sums) in want.iter().filter(|((_, p), _)| *p == partition) {
+        assert_eq!(
+            got.get(key),
+            Some(sums),
+            "partial row {key:?} before the restart"
+        );
+    }
+    let (_, end) = fixture
+        .stack
+        .consumer_config()
+        .create::<BaseConsumer>()
+        .expect("consumer")
+        .fetch_watermarks(&fixture.events, partition, TIMEOUT)
+        .expect("watermarks");
+    let saved = fixture.user_offset("user-0").await.expect("user-0 saved");
+    assert!(
+        saved < end - 1,
+        "user-0 saved at {saved}, the poisoned record is {}",
+        end - 1
+    );
+
+    // Restarted in the same group without the poison: the users apply the batch again and
+    // emit the same deltas, which the partial rows skip.
+    fixture.run(&group, Water::default()).await;
+    assert_eq!(fixture.water_days().await, oracle);
+    assert_eq!(fixture.day_partials().await, partials_of(&oracle));
+    assert_eq!(fixture.user_offset("user-0").await, Some(end - 1));
+}
+
+/// A cluster holding the earlier shape of an all-users table (one row per user, `user_id` in
+/// the key): the migrations leave it alone (`IF NOT EXISTS`) and the processor cannot start,
+/// its write of the partial rows refused while preparing, naming the table; the README says
+/// to rebuild with `dietstream replay`, whose next generation has the new shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_all_users_table_of_the_earlier_shape_stops_the_start() {
+    common::init_tracing();
+    let stack = Stack::get().await;
+    let (session, keyspace) = stack.keyspace().await;
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE {keyspace}.nutrition_daily_all_users (day date, \
+                 source_partition int, user_id text, energy_kcal double, protein_g double, \
+                 carbohydrate_g double, fat_g double, fibre_g double, sugar_g double, \
+                 sodium_mg double, water_ml bigint, meals int, breakfasts int, lunches int, \
+                 dinners int, snacks int, other_meals int, users_with_goal int, \
+                 users_goal_met int, PRIMARY KEY ((day), source_partition, user_id))"
+            ),
+            (),
+        )
+        .await
+        .expect("the earlier table");
+    let projection = dietstream_nutrition::NutritionProjection::new();
+    dietstream_runtime::store::migrate(&session, &projection, &keyspace)
+        .await
+        .expect("the migrations leave the earlier table alone");
+    let session = Arc::new(session);
+    let refused = Store::prepare(Arc::clone(&session), &projection, &keyspace)
+        .await
+        .err()
+        .expect("the partial rows' write is refused");
+    assert!(
+        refused.to_string().contains("nutrition_daily_all_users"),
+        "{refused}"
+    );
+    // The next generation, as a rebuild makes it, has the new shape and prepares.
+    dietstream_runtime::store::migrate_generation(&session, &projection, &keyspace, 1)
+        .await
+        .expect("generation 1");
+    Store::prepare_generation(session, &projection, &keyspace, 1)
+        .await
+        .expect("generation 1 prepares");
 }

@@ -435,7 +435,7 @@ pub async fn check_nutrition(session: &Session, ks: &str, events: &[Event]) {
         let row = &json_rows(
             session,
             format!(
-                "SELECT JSON COUNT(*) AS users_logged, SUM(energy_kcal) AS energy_kcal, \
+                "SELECT JSON SUM(users_logged) AS users_logged, SUM(energy_kcal) AS energy_kcal, \
                  SUM(protein_g) AS protein_g, SUM(water_ml) AS water_ml, SUM(meals) AS meals, \
                  SUM(users_with_goal) AS users_with_goal, SUM(users_goal_met) AS users_goal_met \
                  FROM {ks}.nutrition_daily_all_users WHERE day = '{date}'"

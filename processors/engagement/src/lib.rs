@@ -463,6 +463,7 @@ impl Projection for EngagementProjection {
         Ok(Effects {
             rows,
             commands: Vec::new(),
+            partials: Vec::new(),
         })
     }
 }

@@ -21,7 +21,9 @@ pub mod tables;
 mod tests;
 
 use dietstream_nutrition::state::{utc_day, Goal, Nutrients};
-use dietstream_runtime::{caused_command, Effects, Origin, Projection, Row, RuleError, Table};
+use dietstream_runtime::{
+    caused_command, Effects, Origin, PartialTable, Projection, RuleError, Table,
+};
 use dietstream_schemas::types::{
     AggregateType, CreateInsight, CreateInsightPayload, EventHeader, FeedbackTargetKind,
     InsightKind, MealItem,
@@ -229,10 +231,11 @@ fn apply_diet(user: &str, diet: &mut UserDiet, event: &Event) -> Result<Effects,
 /// kind (`UNKNOWN` when the insight is older than the record keeps).
 fn apply_coaching(
     user: &str,
-    partition: i32,
     coaching: &mut Coaching,
     event: &Event,
 ) -> Result<Effects, RuleError> {
+    // The user's figures before, for the change of its share of the kind's partial row.
+    let before = coaching.acceptance.clone();
     // Each arm checks the event before it changes the state: on Err it is untouched.
     let kind = match event {
         Event::AiInsightCreated(e) => {
@@ -277,16 +280,16 @@ fn apply_coaching(
         }
         _ => return Ok(Effects::default()),
     };
-    let rows = coaching
-        .acceptance
-        .get(&kind)
-        .map(|a| tables::acceptance_rows(user, partition, kind, a))
-        .into_iter()
-        .flatten()
-        .collect::<Vec<Row>>();
+    let Some(after) = coaching.acceptance.get(&kind) else {
+        return Ok(Effects::default());
+    };
+    let old = before.get(&kind).copied().unwrap_or_default();
     Ok(Effects {
-        rows,
+        rows: vec![tables::acceptance_row(user, kind, after)],
         commands: Vec::new(),
+        partials: tables::acceptance_partial(kind, &old, after)
+            .into_iter()
+            .collect(),
     })
 }
 
@@ -299,6 +302,10 @@ impl Projection for InsightsProjection {
 
     fn tables(&self) -> &'static [Table] {
         tables::TABLES
+    }
+
+    fn partials(&self) -> &'static [PartialTable] {
+        tables::PARTIALS
     }
 
     fn migrations(&self) -> Vec<String> {
@@ -322,7 +329,7 @@ impl Projection for InsightsProjection {
         entity: &str,
         state: &mut InsightsState,
         event: &Event,
-        origin: &Origin<'_>,
+        _origin: &Origin<'_>,
     ) -> Result<Effects, RuleError> {
         let header = event.header();
         if header.aggregate_id.is_empty() || header.aggregate_id != entity {
@@ -333,7 +340,7 @@ impl Projection for InsightsProjection {
         }
         match event {
             Event::AiInsightCreated(_) | Event::AiFeedbackReceived(_) => {
-                apply_coaching(entity, origin.partition, &mut state.coaching, event)
+                apply_coaching(entity, &mut state.coaching, event)
             }
             _ => apply_diet(entity, &mut state.diet, event),
         }

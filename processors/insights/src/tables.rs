@@ -2,7 +2,7 @@
 //! README, and the rows written from an entity's state.
 
 use dietstream_nutrition::tables::cql_date;
-use dietstream_runtime::{Row, Table};
+use dietstream_runtime::{Partial, PartialTable, Row, Sum, Table};
 use dietstream_schemas::types::InsightKind;
 use scylla::value::{CqlTimestamp, CqlValue};
 use uuid::Uuid;
@@ -14,7 +14,8 @@ use crate::state::Acceptance;
 pub const INSIGHTS_BY_USER: &str = "insights_by_user";
 /// One row per user and insight kind: the feedback figures.
 pub const ACCEPTANCE_BY_USER: &str = "insight_acceptance_by_user";
-/// One user's share of the figures of a kind across all users, summed when read.
+/// The figures of a kind across the users of one source partition of `diet.events.ai` (a
+/// partial row), summed over the partitions when read.
 pub const ACCEPTANCE_ALL_USERS: &str = "insight_acceptance_all_users";
 
 /// The feedback figures, in row order.
@@ -51,10 +52,16 @@ pub const TABLES: &[Table] = &[
     },
     Table {
         name: ACCEPTANCE_ALL_USERS,
-        key: &["insight_kind", "source_partition", "user_id"],
+        key: &["insight_kind", "source_partition"],
         values: &ACCEPTANCE_VALUES,
     },
 ];
+
+/// The tables of partial rows: every figure a plain count.
+pub const PARTIALS: &[PartialTable] = &[PartialTable {
+    name: ACCEPTANCE_ALL_USERS,
+    sums: &[Sum::BigInt; ACCEPTANCE_VALUES.len()],
+}];
 
 /// CQL creating the tables, in the order of [`TABLES`], with `{keyspace}` where it goes.
 pub fn migrations() -> Vec<String> {
@@ -78,10 +85,10 @@ pub fn migrations() -> Vec<String> {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {{keyspace}}.{ACCEPTANCE_ALL_USERS} (
-        insight_kind text, source_partition int, user_id text,
+        insight_kind text, source_partition int,
         shown bigint, feedback bigint, accepted bigint, rejected bigint, rating_sum bigint,
-        PRIMARY KEY ((insight_kind), source_partition, user_id)
-    )"
+        PRIMARY KEY ((insight_kind), source_partition)
+    ) WITH CLUSTERING ORDER BY (source_partition ASC)"
         ),
     ]
 }
@@ -159,25 +166,37 @@ fn figures(a: &Acceptance) -> Vec<Option<CqlValue>> {
         .collect()
 }
 
-/// The rows of one user's figures of one kind: per user, and the share across users.
-pub fn acceptance_rows(user: &str, partition: i32, kind: InsightKind, a: &Acceptance) -> [Row; 2] {
-    let kind = CqlValue::Text(kind_name(kind).to_owned());
+/// The row of one user's figures of one kind.
+pub fn acceptance_row(user: &str, kind: InsightKind, a: &Acceptance) -> Row {
     let mut per_user = figures(a);
     per_user.push(a.rate().map(CqlValue::Double));
-    [
-        Row::upsert(
-            ACCEPTANCE_BY_USER,
-            vec![CqlValue::Text(user.to_owned()), kind.clone()],
-            per_user,
-        ),
-        Row::upsert(
-            ACCEPTANCE_ALL_USERS,
-            vec![
-                kind,
-                CqlValue::Int(partition),
-                CqlValue::Text(user.to_owned()),
-            ],
-            figures(a),
-        ),
-    ]
+    Row::upsert(
+        ACCEPTANCE_BY_USER,
+        vec![
+            CqlValue::Text(user.to_owned()),
+            CqlValue::Text(kind_name(kind).to_owned()),
+        ],
+        per_user,
+    )
+}
+
+/// The change of a user's share of a kind's partial row from `old` to `new`; `None` when
+/// nothing changes.
+pub fn acceptance_partial(
+    kind: InsightKind,
+    old: &Acceptance,
+    new: &Acceptance,
+) -> Option<Partial> {
+    let deltas = vec![
+        new.shown.wrapping_sub(old.shown),
+        new.feedback.wrapping_sub(old.feedback),
+        new.accepted.wrapping_sub(old.accepted),
+        new.rejected.wrapping_sub(old.rejected),
+        new.rating_sum.wrapping_sub(old.rating_sum),
+    ];
+    deltas.iter().any(|d| *d != 0).then(|| Partial {
+        table: ACCEPTANCE_ALL_USERS,
+        key: vec![CqlValue::Text(kind_name(kind).to_owned())],
+        deltas,
+    })
 }

@@ -1,13 +1,18 @@
 //! The nutrition read-model processor (issue 5): per user and UTC day the energy, macros,
 //! fibre, sugar, sodium, water and meals by type against the user's goal, weekly and monthly
-//! rollups, and each user's share of the per-day figures across all users.
+//! rollups, and the per-day figures across all users as one partial row per source partition,
+//! summed when read.
 //!
 //! It reads the user topic's nutrition events (`nutrition.meal.logged`, `.updated`,
 //! `.deleted`, `nutrition.water.logged`, `nutrition.goal.updated`). The entity is the user
 //! (the event's aggregate id): all of a user's events are in one source partition, in order.
 //! Every row is computed from the user's state ([`state::UserNutrition`]), never accumulated,
 //! so a meal updated moves its figures (possibly to another day) and a deleted meal's figures
-//! leave. The tables are in [`tables`] and the README.
+//! leave. The across-users figures are the runtime's partial rows
+//! ([`dietstream_runtime::projection`]): for every day an event touches, the user reports the
+//! change of its contribution ([`tables::contribution`], computed from the state before and
+//! after the event), which the runtime adds to its partition's row of that day. The tables are
+//! in [`tables`] and the README.
 //!
 //! It sends no command: the command processor itself appends `nutrition.goal.met` when a
 //! meal or water log reaches a target, and the schemas have no command for a met goal.
@@ -18,9 +23,9 @@ pub mod tables;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use dietstream_runtime::{Effects, Origin, Projection, RuleError, Table};
+use dietstream_runtime::{Effects, Origin, PartialTable, Projection, RuleError, Table};
 use dietstream_schemas::types::{MealItem, MealType};
 use dietstream_schemas::Event;
 use serde::Deserialize;
@@ -227,6 +232,10 @@ impl Projection for NutritionProjection {
         tables::TABLES
     }
 
+    fn partials(&self) -> &'static [PartialTable] {
+        tables::PARTIALS
+    }
+
     fn migrations(&self) -> Vec<String> {
         tables::migrations()
     }
@@ -248,7 +257,7 @@ impl Projection for NutritionProjection {
         entity: &str,
         state: &mut UserNutrition,
         event: &Event,
-        origin: &Origin<'_>,
+        _origin: &Origin<'_>,
     ) -> Result<Effects, RuleError> {
         let header = event.header();
         if header.aggregate_id.is_empty() || header.aggregate_id != entity {
@@ -269,6 +278,24 @@ impl Projection for NutritionProjection {
             Change::Water(day, _) => state.advance(*day, window),
             Change::MealDeleted(_) | Change::Goal(_) => {}
         }
+        // The user's share of the across-users rows of every day the change may touch, before
+        // it: the partial rows take the difference.
+        let candidates: Vec<i32> = match &change {
+            Change::Meal(id, meal) => state
+                .meals
+                .get(id)
+                .map(|old| old.day)
+                .into_iter()
+                .chain([meal.day])
+                .collect(),
+            Change::MealDeleted(id) => state.meals.get(id).map(|old| old.day).into_iter().collect(),
+            Change::Water(day, _) => vec![*day],
+            Change::Goal(_) => state.logged_days(),
+        };
+        let before: BTreeMap<i32, tables::Contribution> = candidates
+            .into_iter()
+            .map(|day| (day, tables::contribution(state, day)))
+            .collect();
         let mut touched = BTreeSet::new();
         match change {
             Change::Meal(id, meal) => {
@@ -312,9 +339,17 @@ impl Projection for NutritionProjection {
                 );
             }
         }
+        let partials = touched
+            .iter()
+            .filter_map(|day| {
+                let old = before.get(day).copied().unwrap_or_default();
+                tables::day_partial(*day, &old, &tables::contribution(state, *day))
+            })
+            .collect();
         Ok(Effects {
-            rows: rows(entity, origin.partition, state, &touched),
+            rows: rows(entity, state, &touched),
             commands: Vec::new(),
+            partials,
         })
     }
 }
@@ -322,13 +357,12 @@ impl Projection for NutritionProjection {
 /// The rows of the touched days, then of their weeks and months.
 fn rows(
     user: &str,
-    partition: i32,
     state: &UserNutrition,
     touched: &BTreeSet<i32>,
 ) -> Vec<dietstream_runtime::Row> {
     let mut rows = Vec::new();
     for day in touched {
-        rows.extend(tables::day_rows(user, partition, state, *day));
+        rows.extend(tables::day_rows(user, state, *day));
     }
     let weeks: BTreeSet<i32> = touched.iter().map(|d| week_start(*d)).collect();
     rows.extend(weeks.iter().map(|w| tables::week_row(user, state, *w)));

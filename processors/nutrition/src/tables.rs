@@ -1,7 +1,7 @@
 //! The CQL tables the nutrition processor owns, their migrations, the example queries of the
 //! README, and the rows written from a user's state.
 
-use dietstream_runtime::{Row, Table};
+use dietstream_runtime::{Partial, PartialTable, Row, Sum, Table};
 use scylla::value::{CqlDate, CqlValue};
 
 use crate::state::{month_end, month_start, week_start, DayFigures, PeriodFigures, UserNutrition};
@@ -12,7 +12,8 @@ pub const USER_DAILY: &str = "nutrition_user_daily";
 pub const USER_WEEKLY: &str = "nutrition_user_weekly";
 /// One user's figures in one calendar month.
 pub const USER_MONTHLY: &str = "nutrition_user_monthly";
-/// One user's contribution to the figures of one day across all users, summed when read.
+/// The figures of one day across the users of one source partition (a partial row), summed
+/// over the partitions when read.
 pub const DAILY_ALL_USERS: &str = "nutrition_daily_all_users";
 
 /// The nutrient, water and meal columns shared by every table, in row order.
@@ -73,8 +74,38 @@ const PERIOD_VALUES: [&str; 18] = concat(
         ["days_with_goal", "days_goal_met", "days_goal_missed"],
     ),
 );
-const ALL_USERS_VALUES: [&str; 16] =
-    concat(figure_columns!(), ["users_with_goal", "users_goal_met"]);
+const ALL_USERS_VALUES: [&str; 17] = concat(
+    ["users_logged"],
+    concat::<14, 2, 16>(figure_columns!(), ["users_with_goal", "users_goal_met"]),
+);
+
+/// How each column of [`DAILY_ALL_USERS`] is summed, in [`ALL_USERS_VALUES`] order: the
+/// nutrients in millionths of their unit, water in ml, the counts as they are.
+const ALL_USERS_SUMS: [Sum; 17] = [
+    Sum::Int,
+    Sum::Millionths,
+    Sum::Millionths,
+    Sum::Millionths,
+    Sum::Millionths,
+    Sum::Millionths,
+    Sum::Millionths,
+    Sum::Millionths,
+    Sum::BigInt,
+    Sum::Int,
+    Sum::Int,
+    Sum::Int,
+    Sum::Int,
+    Sum::Int,
+    Sum::Int,
+    Sum::Int,
+    Sum::Int,
+];
+
+/// The tables of partial rows.
+pub const PARTIALS: &[PartialTable] = &[PartialTable {
+    name: DAILY_ALL_USERS,
+    sums: &ALL_USERS_SUMS,
+}];
 
 /// The tables, in the order of [`migrations`].
 pub const TABLES: &[Table] = &[
@@ -95,7 +126,7 @@ pub const TABLES: &[Table] = &[
     },
     Table {
         name: DAILY_ALL_USERS,
-        key: &["day", "source_partition", "user_id"],
+        key: &["day", "source_partition"],
         values: &ALL_USERS_VALUES,
     },
 ];
@@ -140,11 +171,11 @@ pub fn migrations() -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {{keyspace}}.{DAILY_ALL_USERS} (
         day date,
         source_partition int,
-        user_id text,
+        users_logged int,
         {FIGURE_COLUMNS_CQL},
         users_with_goal int, users_goal_met int,
-        PRIMARY KEY ((day), source_partition, user_id)
-    ) WITH CLUSTERING ORDER BY (source_partition ASC, user_id ASC)"
+        PRIMARY KEY ((day), source_partition)
+    ) WITH CLUSTERING ORDER BY (source_partition ASC)"
         ),
     ]
 }
@@ -154,7 +185,7 @@ pub const EXAMPLE_QUERIES: &[&str] = &[
     "SELECT day, energy_kcal, protein_g, carbohydrate_g, fat_g, fibre_g, sugar_g, sodium_mg, water_ml, meals, goal_energy_kcal, goal_met FROM {keyspace}.nutrition_user_daily WHERE user_id = 'user-1' AND day >= '2026-11-01' AND day <= '2026-11-30'",
     "SELECT week_start, days_logged, energy_kcal, protein_g, water_ml, meals, days_goal_met, days_goal_missed FROM {keyspace}.nutrition_user_weekly WHERE user_id = 'user-1' AND week_start >= '2026-11-02' AND week_start <= '2026-11-30'",
     "SELECT month_start, days_logged, energy_kcal, carbohydrate_g, fat_g, sugar_g, sodium_mg, meals, snacks, days_with_goal, days_goal_met FROM {keyspace}.nutrition_user_monthly WHERE user_id = 'user-1' AND month_start = '2026-11-01'",
-    "SELECT COUNT(*) AS users_logged, SUM(energy_kcal) AS energy_kcal, SUM(protein_g) AS protein_g, SUM(water_ml) AS water_ml, SUM(meals) AS meals, SUM(users_with_goal) AS users_with_goal, SUM(users_goal_met) AS users_goal_met FROM {keyspace}.nutrition_daily_all_users WHERE day = '2026-11-27'",
+    "SELECT SUM(users_logged) AS users_logged, SUM(energy_kcal) AS energy_kcal, SUM(protein_g) AS protein_g, SUM(water_ml) AS water_ml, SUM(meals) AS meals, SUM(users_with_goal) AS users_with_goal, SUM(users_goal_met) AS users_goal_met FROM {keyspace}.nutrition_daily_all_users WHERE day = '2026-11-27'",
 ];
 
 /// The CQL `date` of a day number (days since 1970-01-01; CQL centres its count on 2^31).
@@ -183,27 +214,15 @@ fn figure_values(f: &DayFigures) -> Vec<Option<CqlValue>> {
     ]
 }
 
-/// The rows of one user-day: its daily row and its share of the all-users row (both deleted
-/// when nothing is logged that day any more).
-pub fn day_rows(user: &str, partition: i32, state: &UserNutrition, day: i32) -> Vec<Row> {
+/// The row of one user-day (deleted when nothing is logged that day any more).
+pub fn day_rows(user: &str, state: &UserNutrition, day: i32) -> Vec<Row> {
     let daily_key = vec![CqlValue::Text(user.to_owned()), cql_date(day)];
-    let all_key = vec![
-        cql_date(day),
-        CqlValue::Int(partition),
-        CqlValue::Text(user.to_owned()),
-    ];
     let figures = state.day(day);
     if figures.is_empty() {
-        return vec![
-            Row::Delete {
-                table: USER_DAILY,
-                key: daily_key,
-            },
-            Row::Delete {
-                table: DAILY_ALL_USERS,
-                key: all_key,
-            },
-        ];
+        return vec![Row::Delete {
+            table: USER_DAILY,
+            key: daily_key,
+        }];
     }
     let goal = state.goal_on(day);
     let met = state.goal_met(day, &figures);
@@ -217,15 +236,56 @@ pub fn day_rows(user: &str, partition: i32, state: &UserNutrition, day: i32) -> 
         goal.and_then(|g| g.water_ml).map(CqlValue::Int),
         met.map(CqlValue::Boolean),
     ]);
-    let mut all = figure_values(&figures);
-    all.extend([
-        Some(CqlValue::Int(i32::from(met.is_some()))),
-        Some(CqlValue::Int(i32::from(met == Some(true)))),
-    ]);
-    vec![
-        Row::upsert(USER_DAILY, daily_key, daily),
-        Row::upsert(DAILY_ALL_USERS, all_key, all),
+    vec![Row::upsert(USER_DAILY, daily_key, daily)]
+}
+
+/// A user's contribution to the across-users figures of one day, in the order and units of
+/// [`DAILY_ALL_USERS`]'s columns: all zero when nothing is logged that day.
+pub type Contribution = [i64; ALL_USERS_VALUES.len()];
+
+/// The user's contribution to the figures of `day` across users, as the state has it.
+pub fn contribution(state: &UserNutrition, day: i32) -> Contribution {
+    let f = state.day(day);
+    if f.is_empty() {
+        return [0; ALL_USERS_VALUES.len()];
+    }
+    let met = state.goal_met(day, &f);
+    let (n, m) = (&f.nutrients, &f.meals);
+    let fraction = |v: Option<f64>| v.map_or(0, Sum::millionths);
+    [
+        1,
+        Sum::millionths(n.energy_kcal),
+        Sum::millionths(n.protein_g),
+        Sum::millionths(n.carbohydrate_g),
+        Sum::millionths(n.fat_g),
+        fraction(n.fibre_g),
+        fraction(n.sugar_g),
+        fraction(n.sodium_mg),
+        f.water_ml,
+        i64::from(m.all),
+        i64::from(m.breakfasts),
+        i64::from(m.lunches),
+        i64::from(m.dinners),
+        i64::from(m.snacks),
+        i64::from(m.other),
+        i64::from(met.is_some()),
+        i64::from(met == Some(true)),
     ]
+}
+
+/// The change of a user's share of `day`'s partial row from `old` to `new`; `None` when
+/// nothing changes.
+pub fn day_partial(day: i32, old: &Contribution, new: &Contribution) -> Option<Partial> {
+    let deltas: Vec<i64> = new
+        .iter()
+        .zip(old)
+        .map(|(n, o)| n.wrapping_sub(*o))
+        .collect();
+    deltas.iter().any(|d| *d != 0).then(|| Partial {
+        table: DAILY_ALL_USERS,
+        key: vec![cql_date(day)],
+        deltas,
+    })
 }
 
 fn period_row(table: &'static str, user: &str, first: i32, period: &PeriodFigures) -> Row {

@@ -1,7 +1,7 @@
 //! Given/when/then tests of each figure, bad input, and property tests of the exactly-once
 //! contract and of the figures against an oracle computed from the events alone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dietstream_runtime::memory::{MemoryRun, Tables, Values};
 use dietstream_runtime::{Origin, Projection, Row};
@@ -251,6 +251,7 @@ fn the_rows_have_as_many_values_as_their_table_columns() {
     ];
     let projection = NutritionProjection::new();
     let mut state = Default::default();
+    let mut partials = 0;
     for (offset, event) in events.iter().enumerate() {
         let origin = Origin {
             topic: TOPIC,
@@ -271,7 +272,26 @@ fn the_rows_have_as_many_values_as_their_table_columns() {
                 assert_eq!(values.len(), table.values.len(), "{}", table.name);
             }
         }
+        partials += effects.partials.len();
+        for partial in effects.partials {
+            let table = projection
+                .tables()
+                .iter()
+                .find(|t| t.name == partial.table)
+                .expect("a table of the projection");
+            let sums = projection
+                .partials()
+                .iter()
+                .find(|t| t.name == partial.table)
+                .expect("declared partial");
+            assert_eq!(table.key.last(), Some(&"source_partition"));
+            assert_eq!(partial.key.len() + 1, table.key.len());
+            assert_eq!(partial.deltas.len(), table.values.len());
+            assert_eq!(sums.sums.len(), table.values.len());
+        }
     }
+    // The goal finds no logged day; the lunch changes its day's partial row.
+    assert_eq!(partials, 1);
 }
 
 #[test]
@@ -311,9 +331,12 @@ fn a_logged_meal_counts_on_its_utc_day_in_every_table() {
     expected_daily.extend([None, None, None, None, None, None, None]);
     assert_eq!(daily(run.tables(), user, BASE_DAY), Some(&expected_daily));
 
-    let mut expected_all = figures.clone();
+    // The partial row of partition 0: one user; sums of absent figures are 0.
+    let mut expected_all = vec![i(1)];
+    expected_all.extend(figures.clone());
+    expected_all[6] = d(0.0);
     expected_all.extend([i(0), i(0)]);
-    let all_key = vec![cql_date(BASE_DAY), CqlValue::Int(0), text(user)];
+    let all_key = vec![cql_date(BASE_DAY), CqlValue::Int(0)];
     assert_eq!(
         row(run.tables(), DAILY_ALL_USERS, all_key),
         Some(&expected_all)
@@ -392,8 +415,12 @@ fn an_updated_meal_moves_its_figures_to_its_new_day() {
         ),
     ]);
     assert_eq!(daily(run.tables(), user, BASE_DAY), None);
-    let all_key = vec![cql_date(BASE_DAY), CqlValue::Int(0), text(user)];
+    let all_key = vec![cql_date(BASE_DAY), CqlValue::Int(0)];
     assert_eq!(row(run.tables(), DAILY_ALL_USERS, all_key), None);
+    let next_key = vec![cql_date(BASE_DAY + 1), CqlValue::Int(0)];
+    let next_all = row(run.tables(), DAILY_ALL_USERS, next_key).expect("partial row");
+    assert_eq!(next_all[0..2], [i(1), d(400.0)]);
+    assert_eq!(next_all[9], i(2));
     let next = daily(run.tables(), user, BASE_DAY + 1).expect("row");
     assert_eq!(next[0], d(400.0));
     assert_eq!(next[8..14], [i(2), i(0), i(1), i(1), i(0), i(0)]);
@@ -499,9 +526,9 @@ fn a_day_meets_its_goal_when_every_minimum_is_reached_and_no_ceiling_passed() {
         goal_columns(BASE_DAY + 2)[6],
         Some(CqlValue::Boolean(false))
     );
-    let all_key = vec![cql_date(BASE_DAY), CqlValue::Int(0), text(user)];
+    let all_key = vec![cql_date(BASE_DAY), CqlValue::Int(0)];
     let all = row(run.tables(), DAILY_ALL_USERS, all_key).expect("row");
-    assert_eq!(all[14..16], [i(1), i(1)]);
+    assert_eq!(all[15..17], [i(1), i(1)]);
     let week = row(
         run.tables(),
         USER_WEEKLY,
@@ -824,6 +851,9 @@ enum After {
     Commit,
     /// States lost: the loop restarts at the last committed record.
     Crash,
+    /// The partial rows' sums saved, the users' states lost: the loop restarts at the last
+    /// committed record and the users emit their deltas again.
+    CrashAfterPartials,
     /// States saved, then the last records delivered again.
     Replay(usize),
 }
@@ -832,6 +862,7 @@ fn after() -> impl Strategy<Value = After> {
     prop_oneof![
         3 => Just(After::Commit),
         2 => Just(After::Crash),
+        2 => Just(After::CrashAfterPartials),
         1 => (1..8_usize).prop_map(After::Replay),
     ]
 }
@@ -869,6 +900,10 @@ fn chaotic(
             }
             After::Crash => {
                 run.crash();
+                position = committed;
+            }
+            After::CrashAfterPartials => {
+                run.crash_after_partials();
                 position = committed;
             }
             After::Replay(back) => {
@@ -920,6 +955,54 @@ proptest! {
         prop_assert_eq!(once.tables(), chaos.tables());
     }
 
+    /// The partial rows of a day, after duplicates, replays and crashes of either kind, sum
+    /// to the sums of the users' own daily rows of that day, column by column.
+    #[test]
+    fn the_partial_rows_sum_to_the_users_daily_rows(
+        ops in user_ops(),
+        steps in prop::collection::vec((1..10_usize, any::<bool>(), after()), 0..30),
+    ) {
+        let run = chaotic(&records(&ops), &steps);
+        let tables = run.tables();
+        let empty = BTreeMap::new();
+        // day → (partition → the partial row's columns)
+        let mut partial: BTreeMap<String, Vec<Vec<Option<CqlValue>>>> = BTreeMap::new();
+        for (k, v) in tables.get(DAILY_ALL_USERS).unwrap_or(&empty) {
+            let day = k.split(", Int(").next().unwrap_or_default().to_owned();
+            partial.entry(day).or_default().push(v.clone());
+        }
+        let mut users: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for (k, v) in tables.get(USER_DAILY).unwrap_or(&empty) {
+            // The key renders as [Text("user"), Date(..)]: the day's part, as in the partial
+            // row's key.
+            let date = k.split_once(", ").map(|(_, d)| d.trim_end_matches(']')).unwrap_or_default();
+            let sums = users.entry(format!("[{date}")).or_insert_with(|| vec![0; 17]);
+            sums[0] += 1;
+            for (column, value) in v[..14].iter().enumerate() {
+                sums[column + 1] += match value {
+                    Some(CqlValue::Double(x)) => dietstream_runtime::Sum::millionths(*x),
+                    None => 0,
+                    other => int(other),
+                };
+            }
+            sums[15] += i64::from(v[20].is_some());
+            sums[16] += i64::from(v[20] == Some(CqlValue::Boolean(true)));
+        }
+        prop_assert_eq!(partial.keys().collect::<Vec<_>>(), users.keys().collect::<Vec<_>>());
+        for (day, rows) in &partial {
+            let mut sums = vec![0_i64; 17];
+            for r in rows {
+                for (column, value) in r.iter().enumerate() {
+                    sums[column] += match value {
+                        Some(CqlValue::Double(x)) => dietstream_runtime::Sum::millionths(*x),
+                        other => int(other),
+                    };
+                }
+            }
+            prop_assert_eq!(&sums, &users[day], "{}", day);
+        }
+    }
+
     #[test]
     fn the_rows_equal_the_oracle(ops in user_ops()) {
         let run = one_pass(&records(&ops));
@@ -940,26 +1023,31 @@ proptest! {
             prop_assert_eq!(r[20].clone(), o.goal_met.map(CqlValue::Boolean));
         }
 
-        // Across all users: the partial rows of a day sum to the oracle's day.
-        let mut by_day: BTreeMap<i32, (f64, i64, i64)> = BTreeMap::new();
-        for ((_, day), o) in &expected {
+        // Across all users: the partial rows of a day (one per partition with a user that
+        // logged that day) sum to the oracle's day.
+        let mut by_day: BTreeMap<i32, (i64, f64, i64, i64)> = BTreeMap::new();
+        let mut partitions = BTreeSet::new();
+        for ((u, day), o) in &expected {
             let e = by_day.entry(*day).or_default();
-            e.0 += o.energy;
-            e.1 += i64::from(o.meals);
-            e.2 += i64::from(o.goal_met == Some(true));
+            e.0 += 1;
+            e.1 += o.energy;
+            e.2 += i64::from(o.meals);
+            e.3 += i64::from(o.goal_met == Some(true));
+            partitions.insert((*day, *u % 3));
         }
         let all_rows = tables.get(DAILY_ALL_USERS).cloned().unwrap_or_default();
-        prop_assert_eq!(all_rows.len(), expected.len());
-        for (day, (energy, meals, met)) in by_day {
+        prop_assert_eq!(all_rows.len(), partitions.len());
+        for (day, (users, energy, meals, met)) in by_day {
             let date = format!("{:?}", cql_date(BASE_DAY + day));
             let rows: Vec<&Values> = all_rows
                 .iter()
                 .filter(|(k, _)| k.starts_with(&format!("[{date},")))
                 .map(|(_, v)| v)
                 .collect();
-            prop_assert_eq!(rows.iter().map(|r| double(&r[0])).sum::<f64>(), energy);
-            prop_assert_eq!(rows.iter().map(|r| int(&r[8])).sum::<i64>(), meals);
-            prop_assert_eq!(rows.iter().map(|r| int(&r[15])).sum::<i64>(), met);
+            prop_assert_eq!(rows.iter().map(|r| int(&r[0])).sum::<i64>(), users);
+            prop_assert_eq!(rows.iter().map(|r| double(&r[1])).sum::<f64>(), energy);
+            prop_assert_eq!(rows.iter().map(|r| int(&r[9])).sum::<i64>(), meals);
+            prop_assert_eq!(rows.iter().map(|r| int(&r[16])).sum::<i64>(), met);
         }
 
         // Weeks and months: days logged, energy and goal days met.

@@ -492,6 +492,10 @@ impl Projection for QuestsProjection {
             rows.push(totals_row(entity, &next));
         }
         *state = next;
-        Ok(Effects { rows, commands })
+        Ok(Effects {
+            rows,
+            commands,
+            partials: Vec::new(),
+        })
     }
 }

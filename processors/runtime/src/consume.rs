@@ -5,10 +5,12 @@
 //! before any of their records is applied), then per source partition: skip records whose
 //! `event_type` header the projection does not want (undecoded), decode the rest, apply them
 //! to the entities they name (skipping entities that already saw the offset), and collect the
-//! rows (coalesced per table and key), dead letters and commands. Each partition's work is
-//! then written by its own task: dead letters and commands (acknowledged by Kafka), rows (CQL,
-//! bounded concurrency), then the changed entities' state; only then is the partition's offset
-//! stored for librdkafka's auto-commit.
+//! rows (coalesced per table and key), dead letters and commands, and add the entities'
+//! [partial](crate::projection#partial-rows) deltas to the partition's partial rows. Each
+//! partition's work is then written by its own task: dead letters and commands (acknowledged
+//! by Kafka), the touched partial rows and then their sums, rows (CQL, bounded concurrency),
+//! then the changed entities' state; only then is the partition's offset stored for
+//! librdkafka's auto-commit.
 //!
 //! A transient failure (CQL, the broker, the registry) pauses only the affected partition:
 //! its task retries under the [`RetryPolicy`] while the loop goes on with the others; when it
@@ -43,6 +45,7 @@ use tracing::{debug, info, warn};
 
 use crate::dead_letter::{dead_letter_headers, Rejection};
 use crate::metrics::{ProcessorMetrics, Rebalance as RebalanceKind};
+use crate::partials::{self, PartialSums, Partials};
 use crate::projection::{Effects, Origin, Projection, Row};
 use crate::store::{Store, StoreError, Stored};
 use crate::RetryPolicy;
@@ -250,6 +253,8 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<PartitionKey> {
 struct Slot<S> {
     source: String,
     entities: HashMap<String, Stored<S>>,
+    /// The partition's partial rows.
+    partials: Partials,
     /// First record not applied yet; records below it are skipped (redelivered after a rewind).
     next_offset: Option<i64>,
     /// Paused while its work is retried; records delivered meanwhile are dropped.
@@ -270,6 +275,9 @@ struct Work<S> {
     source: String,
     rows: Vec<Row>,
     states: Vec<(String, Stored<S>)>,
+    /// Touched partial rows, written before `rows`, and their sums, saved before `states`.
+    partial_rows: Vec<Row>,
+    partials: Vec<(String, Stored<PartialSums>)>,
     letters: Vec<Letter>,
     commands: Vec<Command>,
     /// Timestamp (µs) and type of every event applied, for freshness and counts.
@@ -582,13 +590,14 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
                 RebalanceEvent::Assigned(keys) => {
                     for key in keys {
                         let source = format!("{}/{}", key.0, key.1);
-                        let entities = self.load(&source).await?;
-                        debug!(%source, entities = entities.len(), "Partition state loaded.");
+                        let (entities, partials) = self.load(&source).await?;
+                        debug!(%source, entities = entities.len(), partials = partials.len(), "Partition state loaded.");
                         self.slots.insert(
                             key,
                             Slot {
                                 source,
                                 entities,
+                                partials,
                                 next_offset: None,
                                 paused: false,
                                 decode_retries: 0,
@@ -604,11 +613,11 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
     async fn load(
         &mut self,
         source: &str,
-    ) -> Result<HashMap<String, Stored<P::State>>, RuntimeError> {
+    ) -> Result<(HashMap<String, Stored<P::State>>, Partials), RuntimeError> {
         let policy = &self.shared.config.retry;
         let mut retries = 0;
         loop {
-            match self.shared.store.load(source).await {
+            match self.shared.store.load_partition(source).await {
                 Ok(entities) => return Ok(entities),
                 Err(error @ StoreError::BadState { .. }) => return Err(RuntimeError::Store(error)),
                 Err(error) if retries >= policy.max_retries => {
@@ -792,6 +801,8 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
             source: slot.source.clone(),
             rows: Vec::new(),
             states: Vec::new(),
+            partial_rows: Vec::new(),
+            partials: Vec::new(),
             letters: Vec::new(),
             commands: Vec::new(),
             applied: Vec::new(),
@@ -801,6 +812,9 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
         };
         let mut rows: HashMap<String, usize> = HashMap::new();
         let mut dirty: HashSet<String> = HashSet::new();
+        // Touched partial rows: their table and key.
+        let mut touched: BTreeMap<String, (&'static str, Vec<scylla::value::CqlValue>)> =
+            BTreeMap::new();
         for message in messages {
             let offset = message.offset();
             if slot.next_offset.is_some_and(|next| offset < next) {
@@ -859,6 +873,7 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
                     Ok(Effects {
                         rows: new_rows,
                         commands,
+                        partials: new_partials,
                     }) => {
                         stored.applied_offset = offset;
                         applied = true;
@@ -874,6 +889,11 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
                             }
                         }
                         work.commands.extend(commands);
+                        for partial in new_partials {
+                            if let Some(name) = slot.partials.add(&partial, offset) {
+                                touched.insert(name, (partial.table, partial.key));
+                            }
+                        }
                     }
                     Err(error) => broken = Some(error),
                 }
@@ -903,7 +923,19 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
                 Some((entity, stored))
             })
             .collect();
-        self.summary.rows += work.rows.len() as u64;
+        for (name, (table, key)) in touched {
+            if let Some(stored) = slot.partials.get(&name) {
+                work.partial_rows.push(partials::row(
+                    projection.partials(),
+                    table,
+                    &key,
+                    work.key.1,
+                    &stored.state.sums,
+                ));
+                work.partials.push((name, stored.clone()));
+            }
+        }
+        self.summary.rows += (work.rows.len() + work.partial_rows.len()) as u64;
         self.summary.commands += work.commands.len() as u64;
         self.summary.dead_lettered += work.letters.len() as u64;
         Some(work)
@@ -960,6 +992,11 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
                 send_commands(&shared, &encoded, &mut commands_sent).await?;
             }
             let started = Instant::now();
+            // The partial rows and their sums before any entity's row or state: see
+            // `crate::projection` (partial rows) for why this order keeps them exact.
+            write_partials(&shared, &work.source, &work.partial_rows, &work.partials)
+                .await
+                .map_err(Failure::Store)?;
             // Collected first: a stream holding the mapping closure would not be `Send` (a
             // higher-ranked lifetime the compiler cannot prove), and the task is spawned.
             let writes: Vec<_> = work
@@ -1059,6 +1096,34 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
         rewind_to: work.rewind_to,
         retries,
     })
+}
+
+/// Writes the touched partial rows, then saves their sums and offsets.
+async fn write_partials<P: Projection, R>(
+    shared: &Shared<P, R>,
+    source: &str,
+    rows: &[Row],
+    sums: &[(String, Stored<PartialSums>)],
+) -> Result<(), StoreError> {
+    let limit = shared.config.max_in_flight;
+    let writes = rows.iter().map(|row| async {
+        let started = Instant::now();
+        let written = shared.store.write(row).await;
+        let took = started.elapsed();
+        shared.metrics.observe_cql_write(row.table(), took);
+        written
+    });
+    all_done(writes.collect(), limit).await?;
+    let saves = sums.iter().map(|(entity, stored)| async {
+        let started = Instant::now();
+        let saved = shared.store.save(source, entity, stored).await;
+        let took = started.elapsed();
+        shared
+            .metrics
+            .observe_cql_write(shared.store.state_table(), took);
+        saved
+    });
+    all_done(saves.collect(), limit).await
 }
 
 /// Runs `writes` with at most `limit` in flight; the first error, once all have ended.

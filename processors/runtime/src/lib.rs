@@ -1,5 +1,5 @@
 //! What every dietstream processor shares: the seed's retry policy, dead letters, the
-//! [`Projection`] contract, the CQL [`Store`], the consume loop ([`consume::run`]), the
+//! [`Projection`] contract (with its [partial rows](projection#partial-rows)), the CQL [`Store`], the consume loop ([`consume::run`]), the
 //! Prometheus metrics a processor reports ([`ProcessorMetrics`]) and the endpoint that serves
 //! them with the health checks ([`serve`], [`Health`], configured by [`MetricsConfig`]), and
 //! the generations of a read model that a rebuild switches between ([`generation`]).
@@ -11,6 +11,7 @@ pub mod generation;
 pub mod http;
 pub mod memory;
 pub mod metrics;
+pub mod partials;
 pub mod projection;
 pub mod retry;
 pub mod store;
@@ -19,6 +20,8 @@ pub use config::MetricsConfig;
 pub use consume::{LoopConfig, LoopSummary, Parts, ProcessorTopics, RuntimeError};
 pub use http::{serve, Health, HttpError, Server};
 pub use metrics::{ProcessorMetrics, Rebalance};
-pub use projection::{caused_command, Effects, Origin, Projection, Row, RuleError, Table};
+pub use projection::{
+    caused_command, Effects, Origin, Partial, PartialTable, Projection, Row, RuleError, Sum, Table,
+};
 pub use retry::RetryPolicy;
 pub use store::{Store, StoreError, Stored};

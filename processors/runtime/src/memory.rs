@@ -1,7 +1,9 @@
 //! The consume loop's effect on the tables, in memory and without I/O, for property tests of
 //! projections: the same entity guard (skip a record at or below an entity's applied offset),
-//! the same row coalescing, the same order (rows before states), and crashes that lose the
-//! states of a batch whose rows were written.
+//! the same row coalescing, the same order (partial rows, their sums, rows, states), the same
+//! [partial rows](crate::projection#partial-rows) and their offset guard, and crashes that
+//! lose the states of a batch whose rows were written ([`MemoryRun::crash`]), or only the
+//! entities' states once the partial sums were saved ([`MemoryRun::crash_after_partials`]).
 //!
 //! ```
 //! # use dietstream_runtime::memory::MemoryRun;
@@ -21,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use dietstream_schemas::{Command, Event};
 use scylla::value::CqlValue;
 
+use crate::partials::{self, Partials};
 use crate::projection::{Origin, Projection, Row};
 use crate::store::Stored;
 
@@ -39,6 +42,10 @@ pub struct MemoryRun<S> {
     saved: HashMap<(String, i32, String), Stored<S>>,
     /// Entities changed since the last commit.
     dirty: Vec<(String, i32, String)>,
+    /// Partial rows per source partition as the loop holds them.
+    partials_live: HashMap<(String, i32), Partials>,
+    /// Partial rows as the state table holds them.
+    partials_saved: HashMap<(String, i32), Partials>,
     tables: Tables,
     commands: Vec<Command>,
     rejected: Vec<(i64, String)>,
@@ -50,6 +57,8 @@ impl<S: Clone + Default> Default for MemoryRun<S> {
             live: HashMap::new(),
             saved: HashMap::new(),
             dirty: Vec::new(),
+            partials_live: HashMap::new(),
+            partials_saved: HashMap::new(),
             tables: Tables::new(),
             commands: Vec::new(),
             rejected: Vec::new(),
@@ -102,15 +111,35 @@ impl<S: Clone + Default> MemoryRun<S> {
                     }
                     self.commands.extend(effects.commands);
                     self.dirty.push(key);
+                    let sums = self
+                        .partials_live
+                        .entry((topic.to_owned(), partition))
+                        .or_default();
+                    let mut rows = Vec::new();
+                    for partial in &effects.partials {
+                        if let Some(stored) = sums.add(partial, offset).and_then(|n| sums.get(&n)) {
+                            rows.push(partials::row(
+                                projection.partials(),
+                                partial.table,
+                                &partial.key,
+                                partition,
+                                &stored.state.sums,
+                            ));
+                        }
+                    }
+                    for row in rows {
+                        self.write(row);
+                    }
                 }
                 Err(error) => self.rejected.push((offset, error.to_string())),
             }
         }
     }
 
-    /// The end of a batch: the changed entities' state is saved (after their rows, which
-    /// [`MemoryRun::deliver`] wrote at once).
+    /// The end of a batch: the partial rows' sums are saved, then the changed entities' state
+    /// (after their rows, which [`MemoryRun::deliver`] wrote at once).
     pub fn commit(&mut self) {
+        self.partials_saved = self.partials_live.clone();
         for key in std::mem::take(&mut self.dirty) {
             if let Some(stored) = self.live.get(&key) {
                 self.saved.insert(key, stored.clone());
@@ -124,6 +153,19 @@ impl<S: Clone + Default> MemoryRun<S> {
     pub fn crash(&mut self) {
         self.dirty.clear();
         self.live = self.saved.clone();
+        self.partials_live = self
+            .partials_saved
+            .iter()
+            .map(|(key, rows)| (key.clone(), rows.reloaded()))
+            .collect();
+    }
+
+    /// A crash between the two halves of a batch's writes: the partial rows and their sums
+    /// are saved, the entities' states are not. The records of the batch are then delivered
+    /// again, and the partial rows must skip the deltas they took.
+    pub fn crash_after_partials(&mut self) {
+        self.partials_saved = self.partials_live.clone();
+        self.crash();
     }
 
     fn write(&mut self, row: Row) {

@@ -9,8 +9,8 @@
 //! - **Entities belong to one source partition.** [`Projection::entities`] names the entities
 //!   an event changes; the runtime keys each entity's state by the record's topic and
 //!   partition. Two partitions never change the same entity, so two consumers never race on
-//!   it. A figure across users is one entity per source partition (its rows carry
-//!   [`Origin::partition`] in their key) and is summed when read.
+//!   it. A figure across users is a [partial row](#partial-rows) per source partition, summed
+//!   when read.
 //! - **Each entity remembers the last offset applied to it**, and the runtime skips a record
 //!   at or below it, so a replayed record changes nothing.
 //! - **Rows are absolute values computed from the state**, never increments: writing a row
@@ -24,6 +24,36 @@
 //! writes the same rows again. Commands a projection sends ([`Effects::commands`]) may so be
 //! sent more than once; they carry ids derived from the causing event, and the command
 //! processor rejects the repeat (a quest completed twice, an insight id reused).
+//!
+//! # Partial rows
+//!
+//! A figure across all users (a day's energy over every user, the feedback on a kind of
+//! insight) is one row per source partition, `source_partition` the last key column, summed
+//! when read: at most as many rows per figure as the topic has partitions. The runtime keeps
+//! it, not a projection entity: an entity reports the change of its own contribution as a
+//! [`Partial`] (new minus old, per column, in [`Effects::partials`]), which it can compute
+//! because its state holds its previous contribution. The runtime adds the deltas to the
+//! running sums of that row in the partition ([`crate::partials`]).
+//!
+//! Every partial row is stored like an entity in the state table, with its sums and the offset
+//! of the last record whose delta it took; once loaded, a delta from a record at or below that
+//! offset is skipped (the deltas of one record from several entities all count in the run that
+//! first applies it). Per partition and batch the runtime writes, in this order: the touched partial
+//! rows, their sums and offsets, then the entities' rows, then the entities' states. So:
+//!
+//! - a crash before the partial sums are saved loses the batch's deltas and the entities'
+//!   states alike: the records are applied again, the deltas added again to the old sums, the
+//!   same rows written;
+//! - a crash after the partial sums are saved but before the entities' states are: the
+//!   entities, on their old state, apply the records again and emit the same deltas, which the
+//!   partial rows skip by their offset;
+//! - an entity's state is never saved ahead of the partial rows it changed (the sums of a batch
+//!   are acknowledged before any state of that batch is written, and a partition's batches are
+//!   written one after the other), so no delta is lost.
+//!
+//! Sums are integers ([`Sum`]): the order and grouping of deltas cannot change them, and a
+//! contribution added then withdrawn leaves exactly nothing. Fractional figures are summed in
+//! millionths ([`Sum::Millionths`]).
 
 use std::collections::HashMap;
 
@@ -103,6 +133,54 @@ pub struct Effects {
     pub rows: Vec<Row>,
     /// Commands to send to the command processor, in order.
     pub commands: Vec<Command>,
+    /// Changes of the entity's contribution to partial rows across entities (see
+    /// [partial rows](self#partial-rows)).
+    pub partials: Vec<Partial>,
+}
+
+/// How the running sum of one column of a partial table is kept and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sum {
+    /// A CQL `int`: written clamped to its range.
+    Int,
+    /// A CQL `bigint`.
+    BigInt,
+    /// A CQL `double` kept as an integer count of millionths: deltas are in millionths
+    /// ([`Sum::millionths`]), the sum is written divided by 10^6. A contribution is so
+    /// rounded to 10^-6 of the unit, and the sums are exact whatever the order of the deltas.
+    Millionths,
+}
+
+impl Sum {
+    /// `value` in millionths, rounded to the nearest (saturating at the `i64` range; NaN is 0).
+    pub fn millionths(value: f64) -> i64 {
+        // `as` saturates and maps NaN to 0, which is what is documented.
+        (value * 1e6).round() as i64
+    }
+}
+
+/// A table of partial rows: one row per key and source partition, the running sums of what
+/// the entities of that partition contributed. It is also declared in
+/// [`Projection::tables`], with `source_partition` (CQL `int`) as its last key column and the
+/// columns of `sums` as its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialTable {
+    /// The table's name (one of [`Projection::tables`]).
+    pub name: &'static str,
+    /// How each value column is summed, in [`Table::values`] order.
+    pub sums: &'static [Sum],
+}
+
+/// The change of one entity's contribution to one partial row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partial {
+    /// The table (one of [`Projection::partials`]).
+    pub table: &'static str,
+    /// The row's key without the source partition, in [`Table::key`] order.
+    pub key: Vec<CqlValue>,
+    /// What to add to each column's sum (new contribution minus old), in [`Table::values`]
+    /// order, in the column's [`Sum`] unit. All zero is no change.
+    pub deltas: Vec<i64>,
 }
 
 /// The header of a command of type `T` that a projection sends on behalf of `user` because of
@@ -153,6 +231,12 @@ pub trait Projection: Send + Sync + 'static {
 
     /// The tables it writes, for the runtime's prepared statements.
     fn tables(&self) -> &'static [Table];
+
+    /// Which of its tables hold [partial rows](self#partial-rows), with how their columns are
+    /// summed. None by default.
+    fn partials(&self) -> &'static [PartialTable] {
+        &[]
+    }
 
     /// CQL statements creating its tables (idempotent, `IF NOT EXISTS`), with `{keyspace}`
     /// where the keyspace goes.

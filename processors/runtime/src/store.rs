@@ -3,8 +3,9 @@
 //!
 //! Every processor has a state table `<processor>_state`, one CQL partition per source
 //! partition (`source` = `<topic>/<partition>`), one row per entity: the entity's state as
-//! JSON and the offset of the last record applied to it. Loading a partition's state when it is
-//! assigned is one paged query.
+//! JSON and the offset of the last record applied to it, and one row per partial row of the
+//! partition ([`crate::partials`]). Loading a partition's state when it is assigned is one
+//! paged query.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
 use crate::generation::{map_statement, table_name};
+use crate::partials::{is_partial_entity, PartialSums, Partials};
 use crate::projection::{Projection, Row, Table};
 
 /// Why a CQL step failed. Every CQL failure is treated as transient by the loop: even a
@@ -257,11 +259,22 @@ impl Store {
         })
     }
 
-    /// Every entity stored for one source partition.
+    /// Every entity stored for one source partition (the [partial rows](crate::partials) left
+    /// out).
     pub async fn load<S: serde::de::DeserializeOwned>(
         &self,
         source: &str,
     ) -> Result<HashMap<String, Stored<S>>, StoreError> {
+        self.load_partition(source)
+            .await
+            .map(|(entities, _)| entities)
+    }
+
+    /// Every entity stored for one source partition, and its partial rows' sums apart.
+    pub async fn load_partition<S: serde::de::DeserializeOwned>(
+        &self,
+        source: &str,
+    ) -> Result<(HashMap<String, Stored<S>>, Partials), StoreError> {
         let failed = |message: String| StoreError::Execute {
             operation: "load",
             table: self.state_table.clone(),
@@ -279,12 +292,23 @@ impl Store {
             .await
             .map_err(|e| failed(e.to_string()))?;
         let mut entities = HashMap::with_capacity(rows.len());
+        let mut partials = HashMap::new();
         for (entity, state, applied_offset) in rows {
-            let state = serde_json::from_slice(&state).map_err(|e| StoreError::BadState {
+            let bad = |e: serde_json::Error| StoreError::BadState {
                 source_partition: source.to_owned(),
                 entity: entity.clone(),
                 message: e.to_string(),
-            })?;
+            };
+            if is_partial_entity(&entity) {
+                let sums: PartialSums = serde_json::from_slice(&state).map_err(bad)?;
+                let stored = Stored {
+                    state: sums,
+                    applied_offset,
+                };
+                partials.insert(entity, stored);
+                continue;
+            }
+            let state = serde_json::from_slice(&state).map_err(bad)?;
             entities.insert(
                 entity,
                 Stored {
@@ -293,7 +317,7 @@ impl Store {
                 },
             );
         }
-        Ok(entities)
+        Ok((entities, Partials::new(partials)))
     }
 
     /// Saves one entity's state and the offset applied to it.
