@@ -25,9 +25,18 @@
 //! the same things. Figures are printed and written to `<target dir>/bench/processors.json`
 //! (`processors-smoke.json`). Nothing asserts a timing. `BENCH_USERS`,
 //! `BENCH_COMMANDS_PER_USER`, `BENCH_SDB_WRITES` and `BENCH_FRESHNESS_SECONDS` override the
-//! sizes of the full run.
+//! sizes of the full run; `BENCH_PROCESSORS` (comma-separated, default
+//! `engagement,quests,insights,nutrition`) chooses the processors whose R_pipe is measured, in
+//! order, the last one also running the freshness phase; `BENCH_CONSUME_ROUNDS` (default 3)
+//! how many times R_raw and R_dec are measured, alternating (the median round is reported,
+//! every round is in the JSON, with the CPU of this process per record).
 
 mod common;
+
+/// The allocator of the `dietstream` binary (src/main.rs): the loop is measured with what it
+/// runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -86,7 +95,14 @@ struct Plan {
     freshness: Duration,
     /// Cap of the freshness phase's rate (a smoke run's R_pipe is not a steady figure).
     freshness_rate_cap: f64,
+    /// The processors whose R_pipe is measured, in order; the last runs the freshness phase.
+    processors: Vec<String>,
+    /// Rounds of R_raw and R_dec, alternating.
+    consume_rounds: u32,
 }
+
+/// Every processor the bench knows, in the default order.
+const PROCESSORS: [&str; 4] = ["engagement", "quests", "insights", "nutrition"];
 
 impl Plan {
     fn new(full: bool) -> Plan {
@@ -98,6 +114,8 @@ impl Plan {
                 sdb_writes: 2_000,
                 freshness: Duration::from_secs(3),
                 freshness_rate_cap: 200.0,
+                processors: PROCESSORS.map(str::to_owned).to_vec(),
+                consume_rounds: 1,
             };
         }
         Plan {
@@ -107,6 +125,18 @@ impl Plan {
             sdb_writes: env_or("BENCH_SDB_WRITES", 100_000),
             freshness: Duration::from_secs_f64(env_or("BENCH_FRESHNESS_SECONDS", 20.0)),
             freshness_rate_cap: f64::INFINITY,
+            processors: env_or("BENCH_PROCESSORS", PROCESSORS.join(","))
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .inspect(|p| {
+                    assert!(
+                        PROCESSORS.contains(&p.as_str()),
+                        "BENCH_PROCESSORS: {p:?} is not one of {PROCESSORS:?}"
+                    )
+                })
+                .collect(),
+            consume_rounds: env_or("BENCH_CONSUME_ROUNDS", 3).max(1),
         }
     }
 
@@ -158,10 +188,23 @@ fn main() {
         filled.bytes as f64 / filled.records as f64
     );
 
-    let raw = rt.block_on(consume_only(&fresh, &topic, filled.records, false));
-    eprintln!("bench: R_raw {:.0} records/s", raw.rate());
-    let dec = rt.block_on(consume_only(&fresh, &topic, filled.records, true));
-    eprintln!("bench: R_dec {:.0} records/s", dec.rate());
+    // Raw and decoding rounds alternate, so that a change of the machine's load during the
+    // run weighs on both alike; each figure is the median round.
+    let (mut raws, mut decs) = (Vec::new(), Vec::new());
+    for round in 0..plan.consume_rounds {
+        let raw = rt.block_on(consume_only(&fresh, &topic, filled.records, false, round));
+        let dec = rt.block_on(consume_only(&fresh, &topic, filled.records, true, round));
+        eprintln!(
+            "bench: round {round}: R_raw {:.0} records/s ({:.2} µs CPU each), R_dec {:.0} records/s ({:.2} µs CPU each)",
+            raw.rate(),
+            raw.cpu_micros_per_record(),
+            dec.rate(),
+            dec.cpu_micros_per_record()
+        );
+        raws.push(raw);
+        decs.push(dec);
+    }
+    let (raw, dec) = (median_round(&raws), median_round(&decs));
     let sdb = rt.block_on(store_rate(
         &fresh,
         &session,
@@ -184,15 +227,20 @@ fn main() {
         rate_cap: plan.freshness_rate_cap,
         figures: None,
     };
+    assert!(!plan.processors.is_empty(), "BENCH_PROCESSORS names none");
     // One line per processor. The last also runs the freshness phase, whose fresh events
     // then follow the prefilled ones in the topic; the nutrition processor's rows are the
     // distinct-key write figure.
-    let pipes = vec![
-        rt.block_on(pipe(&env, EngagementProjection::new(), None)),
-        rt.block_on(pipe(&env, QuestsProjection::new(), None)),
-        rt.block_on(pipe(&env, InsightsProjection::new(), None)),
-        rt.block_on(pipe(&env, NutritionProjection::new(), Some(&mut freshness))),
-    ];
+    let mut pipes = Vec::new();
+    for (index, name) in plan.processors.iter().enumerate() {
+        let last = (index + 1 == plan.processors.len()).then_some(&mut freshness);
+        pipes.push(match name.as_str() {
+            "engagement" => rt.block_on(pipe(&env, EngagementProjection::new(), last)),
+            "quests" => rt.block_on(pipe(&env, QuestsProjection::new(), last)),
+            "insights" => rt.block_on(pipe(&env, InsightsProjection::new(), last)),
+            _ => rt.block_on(pipe(&env, NutritionProjection::new(), last)),
+        });
+    }
     let freshness = freshness.figures.expect("the freshness phase ran");
     rt.block_on(delete_topic(&fresh.config, &topic));
 
@@ -204,8 +252,10 @@ fn main() {
         loop_config: &fresh.config.processors,
         filled: &filled,
         partitions,
-        raw: &raw,
-        dec: &dec,
+        raw,
+        dec,
+        raws: &raws,
+        decs: &decs,
         sdb: &sdb,
         pipes: &pipes,
         freshness: &freshness,
@@ -222,8 +272,11 @@ fn main() {
 
     // The bench is also a test (`cargo test --all-targets`): every phase saw every record and
     // the processors stopped cleanly without dead letters. No timing is asserted.
-    assert_eq!(raw.records, filled.records, "R_raw read every record");
-    assert_eq!(dec.records, filled.records, "R_dec decoded every record");
+    for (raw, dec) in raws.iter().zip(&decs) {
+        assert_eq!(raw.records, filled.records, "R_raw read every record");
+        assert_eq!(dec.records, filled.records, "R_dec decoded every record");
+        assert_eq!(dec.decode_errors, 0, "R_dec: every record decodes");
+    }
     for pipe in &pipes {
         assert_eq!(
             pipe.summary.records,
@@ -424,13 +477,31 @@ impl ConsumeFigures {
     fn rate(&self) -> f64 {
         self.records as f64 / self.from_first.as_secs_f64().max(1e-9)
     }
+
+    /// CPU of this process (the consumer's threads included) per record.
+    fn cpu_micros_per_record(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.records.max(1) as f64
+    }
+}
+
+/// The round with the median rate (the lower middle one of an even count).
+fn median_round(rounds: &[ConsumeFigures]) -> &ConsumeFigures {
+    let mut sorted: Vec<&ConsumeFigures> = rounds.iter().collect();
+    sorted.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    sorted[(sorted.len() - 1) / 2]
 }
 
 /// Reads `records` records of `topic` in a fresh group with the loop's consumer settings and
 /// its way of taking batches; with `decode`, every record is decoded as the loop decodes.
-async fn consume_only(fresh: &Fresh, topic: &str, records: u64, decode: bool) -> ConsumeFigures {
+async fn consume_only(
+    fresh: &Fresh,
+    topic: &str,
+    records: u64,
+    decode: bool,
+    round: u32,
+) -> ConsumeFigures {
     let group = format!(
-        "{}.bench.{}",
+        "{}.bench.{}.{round}",
         fresh.config.topology.prefix,
         if decode { "decode" } else { "raw" }
     );
@@ -495,11 +566,26 @@ async fn keyspace(fresh: &Fresh, session: &Session, what: &str) -> String {
     cql.keyspace
 }
 
+/// Drops a keyspace, trying again while the node is too busy to answer in the driver's
+/// timeout (a schema change right after heavy writes, on a loaded machine); a keyspace
+/// still there after [`TIMEOUT`] is reported and left: it is cleanup, not a measurement.
 async fn drop_keyspace(session: &Session, keyspace: &str) {
-    session
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
-        .await
-        .unwrap_or_else(|e| panic!("dropping {keyspace}: {e}"));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("bench: dropping {keyspace}: {e}; trying again");
+            }
+            Err(e) => {
+                eprintln!("bench: {keyspace} left behind: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// The raw upsert phase.
@@ -978,6 +1064,8 @@ struct Report<'a> {
     partitions: i32,
     raw: &'a ConsumeFigures,
     dec: &'a ConsumeFigures,
+    raws: &'a [ConsumeFigures],
+    decs: &'a [ConsumeFigures],
     sdb: &'a StoreFigures,
     pipes: &'a [PipeFigures],
     freshness: &'a FreshnessFigures,
@@ -1049,6 +1137,14 @@ impl Report<'_> {
         row(
             "R_dec: records/s (consume + decode)",
             format!("{:.0}", dec.rate()),
+        );
+        row(
+            "  CPU µs per record: raw / dec (median rounds)",
+            format!(
+                "{:.2} / {:.2}",
+                raw.cpu_micros_per_record(),
+                dec.cpu_micros_per_record()
+            ),
         );
         row(
             "S_db: upserts/s (distinct keys)",
@@ -1130,6 +1226,7 @@ impl Report<'_> {
                 "records_per_second_from_subscribe": c.records as f64 / c.from_subscribe.as_secs_f64().max(1e-9),
                 "decode_errors": c.decode_errors,
                 "process_cpu_seconds": c.cpu_seconds,
+                "process_cpu_microseconds_per_record": c.cpu_micros_per_record(),
             })
         };
         let pipes: Vec<serde_json::Value> = self
@@ -1191,6 +1288,11 @@ impl Report<'_> {
             },
             "r_raw": consume(raw),
             "r_dec": consume(dec),
+            "consume_rounds": {
+                "note": "R_raw and R_dec alternate round by round; r_raw and r_dec are the median rounds",
+                "r_raw": self.raws.iter().map(consume).collect::<Vec<_>>(),
+                "r_dec": self.decs.iter().map(consume).collect::<Vec<_>>(),
+            },
             "s_db": {
                 "table": sdb.table,
                 "columns": sdb.columns,

@@ -742,3 +742,124 @@ async fn an_all_users_table_of_the_earlier_shape_stops_the_start() {
         .await
         .expect("generation 1 prepares");
 }
+
+/// `Store::write_all` and `Store::save_all` batch writes that share a CQL partition key: with a
+/// budget that lets many rows share a batch, with one that sends each alone, and with rows of
+/// several users and tables mixed, every row and every state lands, deletes included, and
+/// each write is observed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_batches_writes_that_share_a_partition_key_and_loses_none() {
+    common::init_tracing();
+    let fixture = Fixture::new().await;
+    let store = Store::prepare(
+        Arc::clone(&fixture.session),
+        &Water::default(),
+        &fixture.keyspace,
+    )
+    .await
+    .expect("prepare");
+    for (round, budget) in [(0_i64, 32 * 1024), (1, 1), (2, 200)] {
+        let mut rows = Vec::new();
+        let mut expected = BTreeMap::new();
+        // Three users with 40 days each (one partition per user), interleaved, and one row
+        // per source partition (partitions of their own).
+        for day in 0..40 {
+            for user in ["u1", "u2", "u3"] {
+                let figures = (round * 1000 + day, day + 1);
+                rows.push(Row::upsert(
+                    "rt_water_days",
+                    vec![CqlValue::Text(user.to_owned()), cql_date(day)],
+                    vec![
+                        Some(CqlValue::BigInt(figures.0)),
+                        Some(CqlValue::BigInt(figures.1)),
+                    ],
+                ));
+                expected.insert((user.to_owned(), day), figures);
+            }
+        }
+        // Rows written by an earlier round and deleted now.
+        for day in 40..45 {
+            rows.push(Row::Delete {
+                table: "rt_water_days",
+                key: vec![CqlValue::Text("u2".to_owned()), cql_date(day)],
+            });
+            if round == 0 {
+                expected.insert(("u2".to_owned(), day), (day, day));
+            }
+        }
+        for partition in 0..3 {
+            rows.push(Row::upsert(
+                "rt_water_partitions",
+                vec![CqlValue::Int(partition)],
+                vec![Some(CqlValue::BigInt(round))],
+            ));
+        }
+        if round == 0 {
+            // Written alone first, so that this round's deletes have rows to delete.
+            for day in 40..45 {
+                store
+                    .write(&Row::upsert(
+                        "rt_water_days",
+                        vec![CqlValue::Text("u2".to_owned()), cql_date(day)],
+                        vec![Some(CqlValue::BigInt(day)), Some(CqlValue::BigInt(day))],
+                    ))
+                    .await
+                    .expect("single write");
+            }
+            assert_eq!(fixture.water_days().await.len(), 5, "the rows to delete");
+        }
+        let observed = std::sync::Mutex::new(BTreeMap::<&str, usize>::new());
+        store
+            .write_all(&rows, 4, budget, |table, _| {
+                *observed.lock().expect("lock").entry(table).or_default() += 1;
+            })
+            .await
+            .unwrap_or_else(|e| panic!("budget {budget}: {e}"));
+        expected.retain(|(user, day), _| !(user == "u2" && (40..45).contains(day)));
+        assert_eq!(fixture.water_days().await, expected, "budget {budget}");
+        assert_eq!(
+            fixture.partition_totals().await,
+            3 * round,
+            "budget {budget}"
+        );
+        assert_eq!(
+            observed.into_inner().expect("lock"),
+            BTreeMap::from([("rt_water_days", 125), ("rt_water_partitions", 3)]),
+            "budget {budget}: each row observed once"
+        );
+
+        let source = format!("batch-test/{round}");
+        let states: Vec<(String, dietstream_runtime::Stored<WaterState>)> = (0..300)
+            .map(|i| {
+                let state = WaterState {
+                    days: (0..(i % 7)).map(|d| (d, (i * 10 + d, 1))).collect(),
+                };
+                (
+                    format!("user/{i}"),
+                    dietstream_runtime::Stored {
+                        state,
+                        applied_offset: i + round,
+                    },
+                )
+            })
+            .collect();
+        let saved = std::sync::atomic::AtomicUsize::new(0);
+        store
+            .save_all(&source, &states, budget, |_| {
+                saved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .await
+            .unwrap_or_else(|e| panic!("budget {budget}: {e}"));
+        assert_eq!(saved.into_inner(), states.len(), "each state observed once");
+        let loaded = store
+            .load::<WaterState>(&source)
+            .await
+            .expect("load states");
+        assert_eq!(loaded.len(), states.len(), "budget {budget}");
+        for (entity, stored) in &states {
+            let back = &loaded[entity];
+            assert_eq!(back.applied_offset, stored.applied_offset, "{entity}");
+            assert_eq!(back.state.days, stored.state.days, "{entity}");
+        }
+    }
+}

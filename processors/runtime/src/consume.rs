@@ -31,7 +31,7 @@ use dietstream_schemas::headers::{DeadLetter, DLQ_GENERATION, ROUTING_KEY, SOURC
 use dietstream_schemas::registry::SchemaRegistry;
 use dietstream_schemas::Command;
 use dietstream_topology::{partition_for, Desired, Kind};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -110,6 +110,13 @@ pub struct LoopConfig {
     pub batch_size: usize,
     /// Most CQL writes in flight per partition task.
     pub max_in_flight: usize,
+    /// About the most bytes of values (as Cassandra sizes a batch) in one unlogged batch. The
+    /// loop batches writes that share a CQL partition key: the states of a source partition,
+    /// and rows whose partition keys have the same values (one user's rows in several
+    /// tables). Cassandra warns about batches over `batch_size_warn_threshold` (5 KiB by
+    /// default) and refuses them over `batch_size_fail_threshold` (50 KiB); ScyllaDB's are
+    /// 128 KiB and 1 MiB. A write larger than this goes alone; 1 sends every write alone.
+    pub batch_bytes: usize,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
     /// How long the loop waits for a record before it stores the positions of idle partitions
@@ -132,6 +139,9 @@ impl LoopConfig {
         if self.max_in_flight == 0 {
             problems.push(("max_in_flight".to_owned(), "must be at least 1".to_owned()));
         }
+        if self.batch_bytes == 0 {
+            problems.push(("batch_bytes".to_owned(), "must be at least 1".to_owned()));
+        }
         if self.idle_interval.is_zero() {
             problems.push(("idle_interval".to_owned(), "must be above zero".to_owned()));
         }
@@ -153,6 +163,8 @@ impl Default for LoopConfig {
         LoopConfig {
             batch_size: 1_000,
             max_in_flight: 64,
+            // Under Cassandra's 5 KiB warning threshold: no warning per batch in its log.
+            batch_bytes: 4 * 1024,
             // Only the failing partition waits, so a processor can afford to retry for long:
             // 0.1 s doubling to 10 s, 10 retries, about 40 s in all.
             retry: RetryPolicy {
@@ -997,36 +1009,21 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
             write_partials(&shared, &work.source, &work.partial_rows, &work.partials)
                 .await
                 .map_err(Failure::Store)?;
-            // Collected first: a stream holding the mapping closure would not be `Send` (a
-            // higher-ranked lifetime the compiler cannot prove), and the task is spawned.
-            let writes: Vec<_> = work
-                .rows
-                .iter()
-                .map(|row| async {
-                    let started = Instant::now();
-                    let written = shared.store.write(row).await;
-                    shared
-                        .metrics
-                        .observe_cql_write(row.table(), started.elapsed());
-                    written
-                })
-                .collect();
-            all_done(writes, shared.config.max_in_flight)
+            let (store, metrics, config) = (&shared.store, &shared.metrics, &shared.config);
+            store
+                .write_all(
+                    &work.rows,
+                    config.max_in_flight,
+                    config.batch_bytes,
+                    |table, took| metrics.observe_cql_write(table, took),
+                )
                 .await
                 .map_err(Failure::Store)?;
-            let saves: Vec<_> = work
-                .states
-                .iter()
-                .map(|(entity, stored)| async {
-                    let started = Instant::now();
-                    let saved = shared.store.save(&work.source, entity, stored).await;
-                    shared
-                        .metrics
-                        .observe_cql_write(shared.store.state_table(), started.elapsed());
-                    saved
+            // The states share one CQL partition (the source partition): batched.
+            store
+                .save_all(&work.source, &work.states, config.batch_bytes, |took| {
+                    metrics.observe_cql_write(store.state_table(), took)
                 })
-                .collect();
-            all_done(saves, shared.config.max_in_flight)
                 .await
                 .map_err(Failure::Store)?;
             debug!(source = %work.source, rows = work.rows.len(), states = work.states.len(), took = ?started.elapsed(), "Partition work written.");
@@ -1098,44 +1095,28 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
     })
 }
 
-/// Writes the touched partial rows, then saves their sums and offsets.
+/// Writes the touched partial rows, then saves their sums and offsets (one CQL partition of
+/// the state table: batched like the entities' states).
 async fn write_partials<P: Projection, R>(
     shared: &Shared<P, R>,
     source: &str,
     rows: &[Row],
     sums: &[(String, Stored<PartialSums>)],
 ) -> Result<(), StoreError> {
-    let limit = shared.config.max_in_flight;
-    let writes = rows.iter().map(|row| async {
-        let started = Instant::now();
-        let written = shared.store.write(row).await;
-        let took = started.elapsed();
-        shared.metrics.observe_cql_write(row.table(), took);
-        written
-    });
-    all_done(writes.collect(), limit).await?;
-    let saves = sums.iter().map(|(entity, stored)| async {
-        let started = Instant::now();
-        let saved = shared.store.save(source, entity, stored).await;
-        let took = started.elapsed();
-        shared
-            .metrics
-            .observe_cql_write(shared.store.state_table(), took);
-        saved
-    });
-    all_done(saves.collect(), limit).await
-}
-
-/// Runs `writes` with at most `limit` in flight; the first error, once all have ended.
-async fn all_done<F>(writes: Vec<F>, limit: usize) -> Result<(), StoreError>
-where
-    F: Future<Output = Result<(), StoreError>>,
-{
-    let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
-        .buffer_unordered(limit)
-        .collect()
-        .await;
-    results.into_iter().collect()
+    let (store, metrics, config) = (&shared.store, &shared.metrics, &shared.config);
+    store
+        .write_all(
+            rows,
+            config.max_in_flight,
+            config.batch_bytes,
+            |table, took| metrics.observe_cql_write(table, took),
+        )
+        .await?;
+    store
+        .save_all(source, sums, config.batch_bytes, |took| {
+            metrics.observe_cql_write(store.state_table(), took)
+        })
+        .await
 }
 
 /// A failed write step.

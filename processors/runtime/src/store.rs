@@ -9,10 +9,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::errors::{ExecutionError, PagerExecutionError, PrepareError};
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
@@ -344,6 +347,153 @@ impl Store {
         Ok(())
     }
 
+    /// Saves the states of several entities of one source partition, with their offsets, in
+    /// as few requests as `max_batch_bytes` allows: they share the state table's CQL partition
+    /// (`source`), so each request is one unlogged single-partition batch, which the replicas
+    /// apply as one mutation. A batch holds states whose JSON adds up to at most
+    /// `max_batch_bytes` (a larger state goes alone). `observe` is called once per state with
+    /// the time its request took, failed or not.
+    pub async fn save_all<S: serde::Serialize>(
+        &self,
+        source: &str,
+        states: &[(String, Stored<S>)],
+        max_batch_bytes: usize,
+        observe: impl Fn(Duration),
+    ) -> Result<(), StoreError> {
+        let failed = |message: String| StoreError::Execute {
+            operation: "save state",
+            table: self.state_table.clone(),
+            message,
+        };
+        let mut encoded = Vec::with_capacity(states.len());
+        for (entity, stored) in states {
+            // Plain data serialises to JSON without failing (no maps with non-string keys).
+            let state = serde_json::to_vec(&stored.state).map_err(|e| failed(e.to_string()))?;
+            encoded.push((source, entity.as_str(), state, stored.applied_offset));
+        }
+        let sizes: Vec<usize> = encoded
+            .iter()
+            .map(|(_, entity, state, _)| entity.len() + state.len() + 2 * CELL_OVERHEAD)
+            .collect();
+        for chunk in chunks(&sizes, max_batch_bytes) {
+            let chunk = &encoded[chunk];
+            let started = Instant::now();
+            let result = if let [(source, entity, state, offset)] = chunk {
+                self.session
+                    .execute_unpaged(&self.save, (source, entity, state, offset))
+                    .await
+            } else {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                for _ in chunk {
+                    batch.append_statement(self.save.clone());
+                }
+                self.session.batch(&batch, chunk).await
+            };
+            let took = started.elapsed();
+            chunk.iter().for_each(|_| observe(took));
+            result.map_err(|e: ExecutionError| failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `rows` (each checked with [`Store::check`] first), at most `max_in_flight`
+    /// requests at a time. Rows whose partition keys have the same values (a partition of one
+    /// table, or one user's rows in several tables keyed by the user) go in one unlogged
+    /// batch, up to about `max_batch_bytes` of values: it has one token, so its replicas apply
+    /// it as one mutation. Each row must name a different (table, key), as the loop's
+    /// coalescing leaves them, so the order of the writes does not matter. `observe` is
+    /// called once per row with its table and the time its request took, failed or not.
+    pub async fn write_all(
+        &self,
+        rows: &[Row],
+        max_in_flight: usize,
+        max_batch_bytes: usize,
+        observe: impl Fn(&'static str, Duration),
+    ) -> Result<(), StoreError> {
+        // Statement and bound values of every row, grouped by partition key, first seen first.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut by_key: HashMap<Bytes, usize> = HashMap::new();
+        let mut bound = Vec::with_capacity(rows.len());
+        for (index, row) in rows.iter().enumerate() {
+            self.check(row)?;
+            let statements = &self.tables[row.table()];
+            let (statement, values): (&PreparedStatement, Vec<Option<&CqlValue>>) = match row {
+                Row::Upsert { key, values, .. } => (
+                    &statements.upsert,
+                    key.iter()
+                        .map(Some)
+                        .chain(values.iter().map(Option::as_ref))
+                        .collect(),
+                ),
+                Row::Delete { key, .. } => (&statements.delete, key.iter().map(Some).collect()),
+            };
+            // A key that cannot be computed (not expected for checked rows) goes alone.
+            match statement.compute_partition_key(&values) {
+                Ok(key) => match by_key.get(&key) {
+                    Some(group) => groups[*group].push(index),
+                    None => {
+                        by_key.insert(key, groups.len());
+                        groups.push(vec![index]);
+                    }
+                },
+                Err(_) => groups.push(vec![index]),
+            }
+            bound.push((statement, values));
+        }
+        let mut requests = Vec::new();
+        for group in &groups {
+            let sizes: Vec<usize> = group
+                .iter()
+                .map(|i| bound[*i].1.iter().flatten().map(|v| value_bytes(v)).sum())
+                .collect();
+            for chunk in chunks(&sizes, max_batch_bytes) {
+                requests.push(&group[chunk]);
+            }
+        }
+        let (bound, observe) = (&bound, &observe);
+        // Collected first: a stream holding the mapping closure would not be `Send` (a
+        // higher-ranked lifetime the compiler cannot prove), and the loop spawns its writes.
+        let writes: Vec<_> = requests
+            .into_iter()
+            .map(|request| async move {
+                let started = Instant::now();
+                let result = if let [index] = request {
+                    let (statement, values) = &bound[*index];
+                    self.session
+                        .execute_unpaged(statement, values)
+                        .await
+                        .map(drop)
+                } else {
+                    let mut batch = Batch::new(BatchType::Unlogged);
+                    let mut values = Vec::with_capacity(request.len());
+                    for index in request {
+                        batch.append_statement((*bound[*index].0).clone());
+                        values.push(&bound[*index].1);
+                    }
+                    self.session.batch(&batch, values).await.map(drop)
+                };
+                let took = started.elapsed();
+                for index in request {
+                    observe(rows[*index].table(), took);
+                }
+                result.map_err(|e| StoreError::Execute {
+                    operation: match request {
+                        [index] if matches!(rows[*index], Row::Delete { .. }) => "delete",
+                        [_] => "upsert",
+                        _ => "batch",
+                    },
+                    table: rows[request[0]].table().to_owned(),
+                    message: e.to_string(),
+                })
+            })
+            .collect();
+        let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
+            .buffer_unordered(max_in_flight.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
     /// Checks a row against its table's declaration.
     pub fn check(&self, row: &Row) -> Result<(), StoreError> {
         let bad = |problem: String| StoreError::BadRow {
@@ -380,11 +530,11 @@ impl Store {
         let statements = &self.tables[row.table()];
         let result = match row {
             Row::Upsert { key, values, .. } => {
-                let all: Vec<Option<CqlValue>> = key
+                // Borrowed: the values are serialised straight from the row.
+                let all: Vec<Option<&CqlValue>> = key
                     .iter()
-                    .cloned()
                     .map(Some)
-                    .chain(values.iter().cloned())
+                    .chain(values.iter().map(Option::as_ref))
                     .collect();
                 self.session
                     .execute_unpaged(&statements.upsert, all)
@@ -393,7 +543,7 @@ impl Store {
             }
             Row::Delete { key, .. } => self
                 .session
-                .execute_unpaged(&statements.delete, key.clone())
+                .execute_unpaged(&statements.delete, key.as_slice())
                 .await
                 .map(drop),
         };
@@ -420,5 +570,60 @@ impl Store {
     /// The session, for readers.
     pub fn session(&self) -> &Arc<Session> {
         &self.session
+    }
+}
+
+/// Splits items of these sizes, in order, into runs whose sizes add up to at most `budget`
+/// (an item larger than the budget forms a run of its own).
+fn chunks(sizes: &[usize], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, size) in sizes.iter().enumerate() {
+        if index > start && bytes + size > budget {
+            runs.push(start..index);
+            (start, bytes) = (index, 0);
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        runs.push(start..sizes.len());
+    }
+    runs
+}
+
+/// What Cassandra counts for a cell besides its value when it sizes a batch (timestamp, TTL
+/// and deletion time).
+const CELL_OVERHEAD: usize = 16;
+
+/// About how many bytes a value adds to a batch as Cassandra sizes it.
+fn value_bytes(value: &CqlValue) -> usize {
+    CELL_OVERHEAD + value_len(value)
+}
+
+fn value_len(value: &CqlValue) -> usize {
+    match value {
+        CqlValue::Text(text) | CqlValue::Ascii(text) => text.len(),
+        CqlValue::Blob(bytes) => bytes.len(),
+        CqlValue::List(items) | CqlValue::Set(items) => items.iter().map(value_len).sum(),
+        CqlValue::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| value_len(k) + value_len(v))
+            .sum(),
+        _ => 8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_order_and_budget() {
+        assert_eq!(chunks(&[], 10), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(chunks(&[4, 4, 4], 10), vec![0..2, 2..3]);
+        assert_eq!(chunks(&[4, 6, 1], 10), vec![0..2, 2..3]);
+        // Too large for the budget: alone, and the runs around it go on.
+        assert_eq!(chunks(&[3, 30, 3, 3], 10), vec![0..1, 1..2, 2..4]);
+        assert_eq!(chunks(&[30], 10), vec![0..1]);
     }
 }
