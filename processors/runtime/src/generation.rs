@@ -14,7 +14,7 @@ use dietstream_schemas::Event;
 use scylla::client::session::Session;
 use scylla::value::CqlTimestamp;
 
-use crate::projection::{Effects, Origin, Projection, RuleError, Table};
+use crate::projection::{Effects, Origin, PartialTable, Projection, RuleError, Table};
 use crate::store::StoreError;
 
 /// The name of the table that records every processor's generations.
@@ -246,6 +246,10 @@ impl<P: Projection> Projection for Rebuild<P> {
 
     fn tables(&self) -> &'static [Table] {
         self.0.tables()
+    }
+
+    fn partials(&self) -> &'static [PartialTable] {
+        self.0.partials()
     }
 
     fn migrations(&self) -> Vec<String> {
