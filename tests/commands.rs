@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::commands::{log_water, register};
@@ -363,17 +363,8 @@ fn read_all(stack: &Stack, topic: &str, committed: bool) -> Vec<Read> {
 
 /// `dietstream run commands` as a child process, configured through the environment.
 fn spawn_processor(config: &Config) -> Child {
-    Process::new(env!("CARGO_BIN_EXE_dietstream"))
+    common::dietstream_command(config)
         .args(["run", "commands"])
-        .env(
-            "DIETSTREAM_KAFKA__BOOTSTRAP_SERVERS",
-            &config.kafka.bootstrap_servers,
-        )
-        .env(
-            "DIETSTREAM_SCHEMA_REGISTRY__URL",
-            &config.schema_registry.url,
-        )
-        .env("DIETSTREAM_TOPOLOGY__PREFIX", &config.topology.prefix)
         // Long transactions, so that the kill below finds one open with records in it.
         .env("DIETSTREAM_COMMANDS__COMMIT_INTERVAL", "2s")
         .env(

@@ -167,7 +167,7 @@ impl Running {
         batches: Batches,
     ) -> Running {
         let port = free_port();
-        let mut process = Process::new(env!("CARGO_BIN_EXE_dietstream"));
+        let mut process = common::dietstream_command(config);
         if let Batches::Small = batches {
             process
                 .env("DIETSTREAM_PROCESSORS__BATCH_SIZE", "16")
@@ -176,20 +176,7 @@ impl Running {
         let child = process
             .args(["run", processor])
             .env("DIETSTREAM_CONFIG", settings)
-            .env(
-                "DIETSTREAM_KAFKA__BOOTSTRAP_SERVERS",
-                &config.kafka.bootstrap_servers,
-            )
-            .env(
-                "DIETSTREAM_SCHEMA_REGISTRY__URL",
-                &config.schema_registry.url,
-            )
-            .env(
-                "DIETSTREAM_CQL__CONTACT_POINTS",
-                config.cql.contact_points.join(","),
-            )
             .env("DIETSTREAM_CQL__KEYSPACE", keyspace)
-            .env("DIETSTREAM_TOPOLOGY__PREFIX", &config.topology.prefix)
             .env("DIETSTREAM_METRICS__LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

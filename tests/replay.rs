@@ -47,14 +47,10 @@ async fn members(consumer: &Arc<BaseConsumer>, group: &str) -> usize {
     .expect("group list task")
 }
 
-/// The lines `dietstream <arguments>` prints for `config`'s prefix and keyspace (the stack's
-/// addresses come from the test's environment).
+/// The lines `dietstream <arguments>` prints for `config`'s stack, prefix and keyspace.
 async fn dietstream(config: &dietstream::config::Config, arguments: &[&str]) -> Vec<String> {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dietstream"));
-    command
-        .args(arguments)
-        .env("DIETSTREAM_TOPOLOGY__PREFIX", &config.topology.prefix)
-        .env("DIETSTREAM_CQL__KEYSPACE", &config.cql.keyspace);
+    let mut command = common::dietstream_command(config);
+    command.args(arguments);
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("dietstream task")

@@ -344,6 +344,29 @@ pub async fn records_of(
     events
 }
 
+/// This build's `dietstream` binary as a child process that reaches `config`'s stack, topology
+/// prefix and keyspace through the environment. Callers add the arguments and their own
+/// settings (a later `env` of the same variable wins).
+pub fn dietstream_command(config: &Config) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dietstream"));
+    command
+        .env(
+            "DIETSTREAM_KAFKA__BOOTSTRAP_SERVERS",
+            &config.kafka.bootstrap_servers,
+        )
+        .env(
+            "DIETSTREAM_SCHEMA_REGISTRY__URL",
+            &config.schema_registry.url,
+        )
+        .env(
+            "DIETSTREAM_CQL__CONTACT_POINTS",
+            config.cql.contact_points.join(","),
+        )
+        .env("DIETSTREAM_CQL__KEYSPACE", &config.cql.keyspace)
+        .env("DIETSTREAM_TOPOLOGY__PREFIX", &config.topology.prefix);
+    command
+}
+
 /// Plays `users` simulated players of `seed` (ids `<prefix>-<index>`) through a command bus
 /// of `config` at `rate` commands per second until `commands` were sent; asserts that every
 /// command got a result. The command processor must be running.
