@@ -323,30 +323,6 @@ impl Store {
         Ok((entities, Partials::new(partials)))
     }
 
-    /// Saves one entity's state and the offset applied to it.
-    pub async fn save<S: serde::Serialize>(
-        &self,
-        source: &str,
-        entity: &str,
-        stored: &Stored<S>,
-    ) -> Result<(), StoreError> {
-        // Serialising plain data to JSON cannot fail (no maps with non-string keys in states).
-        let state = serde_json::to_vec(&stored.state).map_err(|e| StoreError::Execute {
-            operation: "save state",
-            table: self.state_table.clone(),
-            message: e.to_string(),
-        })?;
-        self.session
-            .execute_unpaged(&self.save, (source, entity, state, stored.applied_offset))
-            .await
-            .map_err(|e: ExecutionError| StoreError::Execute {
-                operation: "save state",
-                table: self.state_table.clone(),
-                message: e.to_string(),
-            })?;
-        Ok(())
-    }
-
     /// Saves the states of several entities of one source partition, with their offsets, in
     /// as few requests as `max_batch_bytes` allows: they share the state table's CQL partition
     /// (`source`), so each request is one unlogged single-partition batch, which the replicas
@@ -524,37 +500,10 @@ impl Store {
         Ok(())
     }
 
-    /// Writes one row (checked with [`Store::check`] first).
+    /// Writes one row (checked with [`Store::check`] first): [`Store::write_all`] of one.
     pub async fn write(&self, row: &Row) -> Result<(), StoreError> {
-        self.check(row)?;
-        let statements = &self.tables[row.table()];
-        let result = match row {
-            Row::Upsert { key, values, .. } => {
-                // Borrowed: the values are serialised straight from the row.
-                let all: Vec<Option<&CqlValue>> = key
-                    .iter()
-                    .map(Some)
-                    .chain(values.iter().map(Option::as_ref))
-                    .collect();
-                self.session
-                    .execute_unpaged(&statements.upsert, all)
-                    .await
-                    .map(drop)
-            }
-            Row::Delete { key, .. } => self
-                .session
-                .execute_unpaged(&statements.delete, key.as_slice())
-                .await
-                .map(drop),
-        };
-        result.map_err(|e| StoreError::Execute {
-            operation: match row {
-                Row::Upsert { .. } => "upsert",
-                Row::Delete { .. } => "delete",
-            },
-            table: row.table().to_owned(),
-            message: e.to_string(),
-        })
+        self.write_all(std::slice::from_ref(row), 1, usize::MAX, |_, _| {})
+            .await
     }
 
     /// The name of the state table (of this store's generation).
