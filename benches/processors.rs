@@ -16,16 +16,19 @@
 //!    million records of this process (which only runs the loop then), of Cassandra and of
 //!    the Kafka broker, and the CQL writes per second it achieved (events of 100 000 users
 //!    taken round by round: nearly every event of a batch hits a different key);
-//! 6. **freshness**: with the last processor (nutrition) still running, fresh events are produced at
-//!    half its R_pipe for a while; the loop's freshness histogram (event timestamp to write
-//!    acknowledged) gives p50 and p99.
+//! 6. **freshness**: with the last processor (nutrition) still running, fresh events are
+//!    produced in steps at fractions of its R_pipe (0.1, 0.25 and the goal's 0.5 by default),
+//!    each for a while; the loop's freshness histogram (event timestamp to write acknowledged)
+//!    gives p50 and p99 per step. The players' events of a step are decided before it starts
+//!    and stamped when sent, so that the domain's work does not compete with the loop.
 //!
 //! `cargo bench --bench processors` (`make bench`) runs the full benchmark. Without `--bench`,
 //! as `cargo test --all-targets` runs it, it is a smoke run on a small workload that checks
 //! the same things. Figures are printed and written to `<target dir>/bench/processors.json`
 //! (`processors-smoke.json`). Nothing asserts a timing. `BENCH_USERS`,
 //! `BENCH_COMMANDS_PER_USER`, `BENCH_SDB_WRITES` and `BENCH_FRESHNESS_SECONDS` override the
-//! sizes of the full run; `BENCH_PROCESSORS` (comma-separated, default
+//! sizes of the full run (`BENCH_FRESHNESS_SECONDS` per step), `BENCH_FRESHNESS_FRACTIONS` the
+//! steps; `BENCH_PROCESSORS` (comma-separated, default
 //! `engagement,quests,insights,nutrition`) chooses the processors whose R_pipe is measured, in
 //! order, the last one also running the freshness phase; `BENCH_CONSUME_ROUNDS` (default 3)
 //! how many times R_raw and R_dec are measured, alternating (the median round is reported,
@@ -92,7 +95,10 @@ struct Plan {
     users: u32,
     commands_per_user: u32,
     sdb_writes: usize,
+    /// How long each step of the freshness phase produces.
     freshness: Duration,
+    /// The steps of the freshness phase: fractions of the processor's R_pipe, in order.
+    freshness_fractions: Vec<f64>,
     /// Cap of the freshness phase's rate (a smoke run's R_pipe is not a steady figure).
     freshness_rate_cap: f64,
     /// The processors whose R_pipe is measured, in order; the last runs the freshness phase.
@@ -113,6 +119,7 @@ impl Plan {
                 commands_per_user: 4,
                 sdb_writes: 2_000,
                 freshness: Duration::from_secs(3),
+                freshness_fractions: vec![GOAL_LOAD],
                 freshness_rate_cap: 200.0,
                 processors: PROCESSORS.map(str::to_owned).to_vec(),
                 consume_rounds: 1,
@@ -124,6 +131,10 @@ impl Plan {
             commands_per_user: env_or("BENCH_COMMANDS_PER_USER", 5),
             sdb_writes: env_or("BENCH_SDB_WRITES", 100_000),
             freshness: Duration::from_secs_f64(env_or("BENCH_FRESHNESS_SECONDS", 20.0)),
+            freshness_fractions: fractions(&env_or(
+                "BENCH_FRESHNESS_FRACTIONS",
+                "0.1,0.25,0.5".to_owned(),
+            )),
             freshness_rate_cap: f64::INFINITY,
             processors: env_or("BENCH_PROCESSORS", PROCESSORS.join(","))
                 .split(',')
@@ -143,6 +154,32 @@ impl Plan {
     fn suffix(&self) -> &'static str {
         run_suffix(self.full)
     }
+}
+
+/// The load the freshness goal is judged at: half of the maximum (the processor's R_pipe).
+const GOAL_LOAD: f64 = 0.5;
+
+/// `BENCH_FRESHNESS_FRACTIONS`: comma-separated fractions of R_pipe in (0, 1], which must
+/// include the goal's half load.
+fn fractions(list: &str) -> Vec<f64> {
+    let fractions: Vec<f64> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            f.parse::<f64>()
+                .ok()
+                .filter(|v| *v > 0.0 && *v <= 1.0)
+                .unwrap_or_else(|| {
+                    panic!("BENCH_FRESHNESS_FRACTIONS: {f:?} is not a fraction in (0, 1]")
+                })
+        })
+        .collect();
+    assert!(
+        fractions.contains(&GOAL_LOAD),
+        "BENCH_FRESHNESS_FRACTIONS must include {GOAL_LOAD} (the goal's half load): {list:?}"
+    );
+    fractions
 }
 
 fn main() {
@@ -224,8 +261,9 @@ fn main() {
         topic: &topic,
         partitions,
         duration: plan.freshness,
+        fractions: plan.freshness_fractions.clone(),
         rate_cap: plan.freshness_rate_cap,
-        figures: None,
+        figures: Vec::new(),
     };
     assert!(!plan.processors.is_empty(), "BENCH_PROCESSORS names none");
     // One line per processor. The last also runs the freshness phase, whose fresh events
@@ -241,7 +279,8 @@ fn main() {
             _ => rt.block_on(pipe(&env, NutritionProjection::new(), last)),
         });
     }
-    let freshness = freshness.figures.expect("the freshness phase ran");
+    let freshness = freshness.figures;
+    assert!(!freshness.is_empty(), "the freshness phase ran");
     rt.block_on(delete_topic(&fresh.config, &topic));
 
     let report = Report {
@@ -292,7 +331,13 @@ fn main() {
         assert!(pipe.summary.applied > 0, "{}: events applied", pipe.name);
         assert!(pipe.writes > 0, "{}: rows written", pipe.name);
     }
-    assert!(freshness.observations > 0, "freshness observed");
+    for step in &freshness {
+        assert!(
+            step.observations > 0,
+            "freshness observed at {:.0}/s",
+            step.rate
+        );
+    }
 }
 
 /// The players and the aggregates the domain keeps for them.
@@ -366,15 +411,16 @@ impl Players {
     }
 }
 
-/// The producer of the user events: idempotent, `acks=all`, no linger (the freshness phase
-/// times from the event's timestamp).
+/// The producer of the user events: idempotent, `acks=all`, and `linger.ms` 5 as the command
+/// processor's producer (the freshness phase times from the event's timestamp, so the linger
+/// counts in it).
 fn event_producer(config: &Config) -> ThreadedProducer<Acks> {
     config
         .kafka
         .client_config()
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "0")
+        .set("linger.ms", "5")
         .create_with_context(Acks::default())
         .expect("event producer")
 }
@@ -711,13 +757,16 @@ struct FreshnessRun<'a> {
     topic: &'a str,
     partitions: i32,
     duration: Duration,
+    fractions: Vec<f64>,
     rate_cap: f64,
-    figures: Option<FreshnessFigures>,
+    figures: Vec<FreshnessFigures>,
 }
 
-/// The freshness phase.
+/// One step of the freshness phase.
 struct FreshnessFigures {
     processor: &'static str,
+    /// The step's load as a fraction of the processor's R_pipe.
+    fraction: f64,
     target_rate: f64,
     rate: f64,
     events: u64,
@@ -728,6 +777,19 @@ struct FreshnessFigures {
     /// Upper bound of the histogram bucket that holds the p99.
     p99_bucket_ms: Option<f64>,
     buckets: Vec<(f64, u64)>,
+    /// Batches the loop finished from the step's start until its events were processed.
+    batches: u64,
+    /// Fresh events produced but not yet processed when the step stopped producing: near 0
+    /// when the processor kept up.
+    behind_at_end: u64,
+    /// Mean time of the loop's batches in the step.
+    batch_mean_ms: f64,
+    /// CQL writes (rows and states) the loop made in the step.
+    writes: u64,
+    /// Seconds waited before the step for Cassandra to settle (below a fifth of a core).
+    settled_after: f64,
+    /// CPU seconds over the step (producing included): this process, Cassandra, the broker.
+    cpu: (f64, Option<f64>, Option<f64>),
 }
 
 /// CPU ticks of this process, Cassandra and the broker at one moment.
@@ -802,6 +864,35 @@ fn counter_sum(gathered: &[MetricFamily], name: &str, processor: &str) -> f64 {
         .iter()
         .map(|m| m.get_counter().get_value())
         .sum()
+}
+
+/// Batches of the processor whose writes are acknowledged and offsets stored.
+fn batch_count(gathered: &[MetricFamily], processor: &str) -> u64 {
+    families(gathered, "dietstream_batch_records", processor)
+        .iter()
+        .map(|m| m.get_histogram().get_sample_count())
+        .sum()
+}
+
+/// Seconds the processor's finished batches took, in all.
+fn batch_seconds(gathered: &[MetricFamily], processor: &str) -> f64 {
+    families(gathered, "dietstream_batch_duration_seconds", processor)
+        .iter()
+        .map(|m| m.get_histogram().get_sample_sum())
+        .sum()
+}
+
+/// CPU seconds between two readings: this process, Cassandra, the broker.
+fn cpu_between(start: &Cpu, end: &Cpu) -> (f64, Option<f64>, Option<f64>) {
+    let seconds = |a: Option<u64>, b: Option<u64>| {
+        a.zip(b)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / TICKS_PER_SECOND)
+    };
+    (
+        end.process.saturating_sub(start.process) as f64 / TICKS_PER_SECOND,
+        seconds(start.cassandra, end.cassandra),
+        seconds(start.broker, end.broker),
+    )
 }
 
 /// Records of the processor's batches whose writes are acknowledged and offsets stored.
@@ -905,24 +996,13 @@ async fn pipe<P: Projection>(
             *writes_by_table.entry(table).or_default() += metric.get_histogram().get_sample_count();
         }
     }
-    let batches = families(&gathered, "dietstream_batch_records", name)
-        .iter()
-        .map(|m| m.get_histogram().get_sample_count())
-        .sum();
-    let seconds = |a: Option<u64>, b: Option<u64>| {
-        a.zip(b)
-            .map(|(a, b)| b.saturating_sub(a) as f64 / TICKS_PER_SECOND)
-    };
+    let batches = batch_count(&gathered, name);
     let figures = PipeFigures {
         name,
         records_expected: env.records,
         from_start: end - started,
         from_first: end - first.unwrap_or(started),
-        cpu: (
-            cpu_end.process.saturating_sub(cpu_start.process) as f64 / TICKS_PER_SECOND,
-            seconds(cpu_start.cassandra, cpu_end.cassandra),
-            seconds(cpu_start.broker, cpu_end.broker),
-        ),
+        cpu: cpu_between(&cpu_start, &cpu_end),
         writes: writes_by_table.values().sum(),
         writes_by_table,
         summary: Default::default(),
@@ -936,10 +1016,18 @@ async fn pipe<P: Projection>(
     );
     let mut fresh_events = 0;
     if let Some(run) = freshness {
-        let measured =
-            measure_freshness(fresh, &registry, name, figures.rate(), env.records, run).await;
-        fresh_events = measured.events;
-        run.figures = Some(measured);
+        for fraction in run.fractions.clone() {
+            let processed = env.records + fresh_events;
+            let step = FreshnessStep {
+                processor: name,
+                fraction,
+                rate: (figures.rate() * fraction).min(run.rate_cap),
+                processed_before: processed,
+            };
+            let measured = measure_freshness(fresh, &registry, &step, run).await;
+            fresh_events += measured.events;
+            run.figures.push(measured);
+        }
     }
     let _ = stop.send(());
     let summary = running
@@ -954,22 +1042,54 @@ async fn pipe<P: Projection>(
     }
 }
 
-/// Produces fresh events at half of `rate` (capped) for the run's duration while the
-/// processor runs, and reads the freshness histogram's change.
+/// One step of the freshness phase.
+struct FreshnessStep {
+    processor: &'static str,
+    fraction: f64,
+    rate: f64,
+    /// Records the loop had processed (in finished batches) before the step.
+    processed_before: u64,
+}
+
+/// Produces fresh events at the step's rate for the run's duration while the processor runs,
+/// and reads the change of its freshness histogram.
+///
+/// The players' next events are decided before the step starts, so that the domain's work
+/// does not take CPU from the processor it measures; each is stamped with the time it is
+/// sent (the event header's timestamp, which freshness is measured from) and encoded then.
 async fn measure_freshness(
     fresh: &Fresh,
     registry: &prometheus::Registry,
-    processor: &'static str,
-    rate: f64,
-    records: u64,
+    step: &FreshnessStep,
     run: &mut FreshnessRun<'_>,
 ) -> FreshnessFigures {
-    let target_rate = (rate * 0.5).min(run.rate_cap);
+    let processor = step.processor;
+    let settled_after = settle_cassandra().await;
+    let wanted = (step.rate * run.duration.as_secs_f64()).ceil() as usize;
+    let mut pending = Vec::with_capacity(wanted);
+    let mut plays = 0usize;
+    while pending.len() < wanted {
+        pending.extend(run.players.play(now_micros()));
+        plays += 1;
+        assert!(
+            plays <= wanted.saturating_mul(100).max(1_000),
+            "the players stopped producing user events"
+        );
+    }
+    pending.truncate(wanted);
     eprintln!(
-        "bench: freshness of {processor} at {target_rate:.0} events/s for {:.0} s",
+        "bench: freshness of {processor} at {:.0} events/s ({} of R_pipe) for {:.0} s",
+        step.rate,
+        step.fraction,
         run.duration.as_secs_f64()
     );
-    let before = freshness_buckets(&registry.gather(), processor);
+    let gathered = registry.gather();
+    let before = freshness_buckets(&gathered, processor);
+    let batches_before = batch_count(&gathered, processor);
+    let batch_seconds_before = batch_seconds(&gathered, processor);
+    let writes_before = cql_writes(&gathered);
+    let (cassandra, broker) = (cassandra_pid(), broker_pid());
+    let cpu_start = cpu_now(cassandra, broker);
     let delivered_before = run
         .producer
         .context()
@@ -977,31 +1097,34 @@ async fn measure_freshness(
         .load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     let mut events = 0u64;
-    while started.elapsed() < run.duration {
-        let due = (started.elapsed().as_secs_f64() * target_rate) as u64;
-        if events >= due {
+    for mut event in pending {
+        loop {
+            let due = (started.elapsed().as_secs_f64() * step.rate) as u64;
+            if events < due {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
-            continue;
         }
-        for event in run.players.play(now_micros()) {
-            send_event(fresh, run.producer, run.topic, run.partitions, &event).await;
-            events += 1;
-        }
+        event.header_mut().timestamp = now_micros();
+        send_event(fresh, run.producer, run.topic, run.partitions, &event).await;
+        events += 1;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let processed_at_end = batch_records(&registry.gather(), processor) as u64;
     drain(run.producer, delivered_before + events, "fresh events");
     // Every fresh record processed: a batch is observed once its writes are acknowledged.
     let deadline = Instant::now() + TIMEOUT;
+    let done = step.processed_before + events;
     let after = loop {
         let gathered = registry.gather();
-        let processed = batch_records(&gathered, processor);
-        if processed >= (records + events) as f64 {
-            break freshness_buckets(&gathered, processor);
+        if batch_records(&gathered, processor) >= done as f64 {
+            break gathered;
         }
         assert!(Instant::now() < deadline, "fresh events not processed");
         tokio::time::sleep(POLL).await;
     };
-    let buckets: Vec<(f64, u64)> = after
+    let cpu_end = cpu_now(cassandra, broker);
+    let buckets: Vec<(f64, u64)> = freshness_buckets(&after, processor)
         .iter()
         .map(|(bound, count)| {
             let was = before.iter().find(|b| b.0 == *bound).map_or(0, |b| b.1);
@@ -1011,7 +1134,8 @@ async fn measure_freshness(
     let observations = buckets.last().map_or(0, |b| b.1);
     FreshnessFigures {
         processor,
-        target_rate,
+        fraction: step.fraction,
+        target_rate: step.rate,
         rate: events as f64 / seconds,
         events,
         seconds,
@@ -1020,7 +1144,44 @@ async fn measure_freshness(
         p99_ms: histogram_quantile(&buckets, 0.99).map(|(v, _)| v * 1e3),
         p99_bucket_ms: histogram_quantile(&buckets, 0.99).map(|(_, b)| b * 1e3),
         buckets,
+        batches: batch_count(&after, processor) - batches_before,
+        behind_at_end: done.saturating_sub(processed_at_end),
+        batch_mean_ms: (batch_seconds(&after, processor) - batch_seconds_before) * 1e3
+            / (batch_count(&after, processor) - batches_before).max(1) as f64,
+        cpu: cpu_between(&cpu_start, &cpu_end),
+        writes: cql_writes(&after) - writes_before,
+        settled_after,
     }
+}
+
+/// Waits until Cassandra uses less than a fifth of a core over a second (its flushes and
+/// compactions after the previous phase are done), at most a minute; returns the seconds
+/// waited.
+async fn settle_cassandra() -> f64 {
+    let started = Instant::now();
+    let Some(pid) = cassandra_pid() else {
+        return 0.0;
+    };
+    let path = format!("/proc/{pid}/stat");
+    while started.elapsed() < Duration::from_secs(60) {
+        let before = cpu_ticks(&path).unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let used = cpu_ticks(&path).unwrap_or(0).saturating_sub(before) as f64 / TICKS_PER_SECOND;
+        if used < 0.2 {
+            break;
+        }
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// CQL writes acknowledged so far (rows and states, every table).
+fn cql_writes(gathered: &[MetricFamily]) -> u64 {
+    gathered
+        .iter()
+        .filter(|f| f.name() == "dietstream_cql_write_duration_seconds")
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_histogram().get_sample_count())
+        .sum()
 }
 
 /// The `q` quantile of cumulative buckets, interpolated linearly within its bucket as
@@ -1068,7 +1229,7 @@ struct Report<'a> {
     decs: &'a [ConsumeFigures],
     sdb: &'a StoreFigures,
     pipes: &'a [PipeFigures],
-    freshness: &'a FreshnessFigures,
+    freshness: &'a [FreshnessFigures],
     total: Duration,
 }
 
@@ -1089,7 +1250,7 @@ fn met(ok: bool) -> &'static str {
 impl Report<'_> {
     /// The loop writes each batch as soon as it is taken: no flush interval holds rows back.
     fn flush_interval_ms(&self) -> f64 {
-        0.0
+        self.loop_config.flush_interval.as_secs_f64() * 1e3
     }
 
     fn freshness_goal_ms(&self) -> f64 {
@@ -1097,6 +1258,14 @@ impl Report<'_> {
     }
 
     /// The pipe of the processor whose writes are the distinct-key figure.
+    /// The freshness step at the goal's half load.
+    fn goal_step(&self) -> &FreshnessFigures {
+        self.freshness
+            .iter()
+            .find(|f| f.fraction == GOAL_LOAD)
+            .unwrap_or(&self.freshness[self.freshness.len() - 1])
+    }
+
     fn distinct_pipe(&self) -> &PipeFigures {
         self.pipes
             .iter()
@@ -1110,7 +1279,7 @@ impl Report<'_> {
     }
 
     fn print(&self) {
-        let (raw, dec, sdb, f) = (self.raw, self.dec, self.sdb, self.freshness);
+        let (raw, dec, sdb, f) = (self.raw, self.dec, self.sdb, self.goal_step());
         println!();
         println!(
             "read-model processors benchmark ({} run) — {} CPUs, {}, prefix {}",
@@ -1195,17 +1364,34 @@ impl Report<'_> {
             "distinct-key writes/s / S_db (goal ≥ 0.7)",
             format!("{w:.3} {}", met(w >= GOAL_WRITES)),
         );
-        row(
-            &format!("freshness {} at {:.0}/s: p50 / p99", f.processor, f.rate),
-            format!(
-                "{} / {} ms",
-                f.p50_ms.map_or("-".to_owned(), |v| format!("{v:.1}")),
-                f.p99_ms.map_or("-".to_owned(), |v| format!("{v:.1}"))
-            ),
-        );
+        let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+        for step in self.freshness {
+            row(
+                &format!(
+                    "freshness {} at {:.0}/s ({} of R_pipe): p50 / p99",
+                    step.processor, step.rate, step.fraction
+                ),
+                format!(
+                    "{} / {} ms ({} batches of {:.1} ms, {:.2} writes per event, {} behind at the end; CPU s self/cql/kafka {:.1}/{}/{}; settled {:.0} s)",
+                    ms(step.p50_ms),
+                    ms(step.p99_ms),
+                    step.batches,
+                    step.batch_mean_ms,
+                    step.writes as f64 / step.events.max(1) as f64,
+                    step.behind_at_end,
+                    step.cpu.0,
+                    step.cpu.1.map_or("-".to_owned(), |v| format!("{v:.1}")),
+                    step.cpu.2.map_or("-".to_owned(), |v| format!("{v:.1}")),
+                    step.settled_after,
+                ),
+            );
+        }
         let goal = self.freshness_goal_ms();
         row(
-            "p99 freshness vs flush interval + 20 ms",
+            &format!(
+                "p99 freshness at {} of R_pipe vs flush interval + 20 ms",
+                f.fraction
+            ),
             format!(
                 "{} ≤ {goal:.0} ms {}",
                 f.p99_ms.map_or("-".to_owned(), |v| format!("{v:.1}")),
@@ -1216,7 +1402,7 @@ impl Report<'_> {
     }
 
     fn json(&self) -> serde_json::Value {
-        let (raw, dec, sdb, f) = (self.raw, self.dec, self.sdb, self.freshness);
+        let (raw, dec, sdb, f) = (self.raw, self.dec, self.sdb, self.goal_step());
         let consume = |c: &ConsumeFigures| {
             json!({
                 "records": c.records,
@@ -1303,19 +1489,26 @@ impl Report<'_> {
                 "cassandra_cpu_seconds": sdb.cassandra_cpu_seconds,
             },
             "r_pipe": pipes,
-            "freshness": {
+            "freshness": self.freshness.iter().map(|f| json!({
                 "processor": f.processor,
+                "fraction_of_r_pipe": f.fraction,
                 "target_rate": f.target_rate,
                 "rate": f.rate,
                 "events": f.events,
                 "seconds": f.seconds,
                 "observations": f.observations,
+                "batches": f.batches,
+                "behind_at_end": f.behind_at_end,
+                "batch_mean_ms": f.batch_mean_ms,
+                "cql_writes": f.writes,
+                "settled_after_seconds": f.settled_after,
+                "cpu_seconds": {"process": f.cpu.0, "cassandra": f.cpu.1, "broker": f.cpu.2},
                 "p50_ms": f.p50_ms,
                 "p99_ms": f.p99_ms,
                 "p99_bucket_upper_bound_ms": f.p99_bucket_ms,
                 "buckets_seconds_cumulative": f.buckets,
-                "goal_ms": self.freshness_goal_ms(),
-            },
+            })).collect::<Vec<_>>(),
+            "freshness_goal_ms": self.freshness_goal_ms(),
             "ratios": {
                 "r_dec_over_r_raw": dec.rate() / raw.rate(),
                 "r_dec_goal": GOAL_DEC,

@@ -298,11 +298,31 @@ impl Fixture {
         self.run(group_id, Water::default()).await
     }
 
-    /// Starts the loop of `projection` in `group_id`.
+    /// Starts the loop of `projection` in `group_id`, with small batches.
     async fn start(
         &self,
         group_id: &str,
         projection: Water,
+    ) -> (
+        tokio::task::JoinHandle<Result<consume::LoopSummary, dietstream_runtime::RuntimeError>>,
+        tokio::sync::oneshot::Sender<()>,
+        prometheus::Registry,
+        rdkafka::ClientConfig,
+    ) {
+        let config = LoopConfig {
+            batch_size: 5,
+            max_in_flight: 4,
+            ..LoopConfig::default()
+        };
+        self.start_with(group_id, projection, config).await
+    }
+
+    /// Starts the loop of `projection` in `group_id` with `config`.
+    async fn start_with(
+        &self,
+        group_id: &str,
+        projection: Water,
+        config: LoopConfig,
     ) -> (
         tokio::task::JoinHandle<Result<consume::LoopSummary, dietstream_runtime::RuntimeError>>,
         tokio::sync::oneshot::Sender<()>,
@@ -316,11 +336,6 @@ impl Fixture {
         let store = Store::prepare(Arc::clone(&self.session), &projection, &self.keyspace)
             .await
             .expect("prepare");
-        let config = LoopConfig {
-            batch_size: 5,
-            max_in_flight: 4,
-            ..LoopConfig::default()
-        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let topics = self.topics(group_id);
         let codec = Arc::clone(&self.codec);
@@ -845,7 +860,7 @@ async fn the_store_batches_writes_that_share_a_partition_key_and_loses_none() {
             .collect();
         let saved = std::sync::atomic::AtomicUsize::new(0);
         store
-            .save_all(&source, &states, budget, |_| {
+            .save_all(&source, &states, 8, budget, |_| {
                 saved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             })
             .await
@@ -862,4 +877,79 @@ async fn the_store_batches_writes_that_share_a_partition_key_and_loses_none() {
             assert_eq!(back.state.days, stored.state.days, "{entity}");
         }
     }
+}
+
+/// Batches of the loop: (count, records in all).
+fn batches(registry: &prometheus::Registry) -> (u64, f64) {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "dietstream_batch_records")
+        .flat_map(|f| f.get_metric())
+        .map(|m| {
+            let h = m.get_histogram();
+            (h.get_sample_count(), h.get_sample_sum())
+        })
+        .fold((0, 0.0), |(n, r), (c, s)| (n + c, r + s))
+}
+
+/// Produces `logs` water logs of one user one after the other (each acknowledged before the
+/// next) into a running loop with `flush_interval`, and returns the loop's batches once all
+/// are written.
+async fn batches_of_a_trickle(fixture: &Fixture, flush_interval: Duration, logs: i64) -> u64 {
+    let group = common::unique_name("flush");
+    let config = LoopConfig {
+        batch_size: 100,
+        flush_interval,
+        ..LoopConfig::default()
+    };
+    let (processor, stop, registry, _) = fixture.start_with(&group, Water::default(), config).await;
+    // Assigned first: records that wait for the assignment would arrive all at once.
+    let deadline = Instant::now() + TIMEOUT;
+    while registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "dietstream_assigned_partitions")
+        .flat_map(|f| f.get_metric())
+        .all(|m| m.get_gauge().get_value() < f64::from(PARTITIONS))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no assignment within {TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (before, written_before) = batches(&registry);
+    let user = common::unique_name("trickle");
+    for v in 1..=logs {
+        fixture
+            .produce_event(&water(&user, v, DAY_START + v * HOUR, 100))
+            .await;
+    }
+    while batches(&registry).1 < written_before + logs as f64 {
+        assert!(
+            !processor.is_finished() && Instant::now() < deadline,
+            "the trickle was not written within {TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).expect("processor still running");
+    processor
+        .await
+        .expect("processor task")
+        .expect("processor stopped cleanly");
+    batches(&registry).0 - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_interval_gathers_a_trickle_into_one_batch() {
+    common::init_tracing();
+    let fixture = Fixture::new().await;
+    // Without a flush interval the first record is written as soon as it arrives, before
+    // the next is even produced; with 5 s, the five logs of the trickle (produced within
+    // milliseconds of each other) wait for each other and go in one batch.
+    let at_once = batches_of_a_trickle(&fixture, Duration::ZERO, 5).await;
+    assert!(at_once >= 2, "{at_once} batches without a flush interval");
+    let gathered = batches_of_a_trickle(&fixture, Duration::from_secs(5), 5).await;
+    assert_eq!(gathered, 1, "batches with a 5 s flush interval");
 }

@@ -319,3 +319,23 @@ fn the_generation_check_interval_is_read_and_must_be_above_zero() {
         Ok(())
     });
 }
+
+#[test]
+fn the_flush_interval_is_read_may_be_zero_and_is_bounded() {
+    jailed(|jail| {
+        jail.set_env("DIETSTREAM_PROCESSORS__FLUSH_INTERVAL", "0s");
+        let config = load_in_jail(None).expect("zero is valid: no waiting");
+        assert_eq!(config.processors.flush_interval, Duration::ZERO);
+        jail.set_env("DIETSTREAM_PROCESSORS__FLUSH_INTERVAL", "120ms");
+        let config = load_in_jail(None).expect("valid");
+        assert_eq!(config.processors.flush_interval, Duration::from_millis(120));
+        jail.set_env("DIETSTREAM_PROCESSORS__FLUSH_INTERVAL", "11s");
+        let err = load_in_jail(None).expect_err("11 s accepted");
+        assert!(
+            err.to_string()
+                .contains("processors.flush_interval: must be at most 10s"),
+            "{err}"
+        );
+        Ok(())
+    });
+}

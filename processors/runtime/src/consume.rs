@@ -105,9 +105,18 @@ impl ProcessorTopics {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoopConfig {
-    /// Most records taken in one batch. Records that have arrived are taken without waiting
-    /// for more, so batches are small at low load and grow under load.
+    /// Most records taken in one batch. Records that have arrived are taken at once, and the
+    /// loop waits up to `flush_interval` after the batch's first record for more, so batches
+    /// are small at low load and grow under load.
     pub batch_size: usize,
+    /// How long a batch may wait for more records after its first one before it is written
+    /// (0: write what has arrived at once). Each batch costs a few sequential CQL round trips
+    /// and one request per CQL partition key, so at a moderate, steady rate a short wait
+    /// turns many batches of a few records into one that costs about as much as one of them:
+    /// the freshness of every record rises by at most this much, and the load on Cassandra
+    /// falls. At most 10 s.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
     /// Most CQL writes in flight per partition task.
     pub max_in_flight: usize,
     /// About the most bytes of values (as Cassandra sizes a batch) in one unlogged batch. The
@@ -142,6 +151,12 @@ impl LoopConfig {
         if self.batch_bytes == 0 {
             problems.push(("batch_bytes".to_owned(), "must be at least 1".to_owned()));
         }
+        if self.flush_interval > MAX_FLUSH_INTERVAL {
+            problems.push((
+                "flush_interval".to_owned(),
+                format!("must be at most {MAX_FLUSH_INTERVAL:?}"),
+            ));
+        }
         if self.idle_interval.is_zero() {
             problems.push(("idle_interval".to_owned(), "must be above zero".to_owned()));
         }
@@ -158,10 +173,14 @@ impl LoopConfig {
     }
 }
 
+/// The longest `flush_interval` accepted.
+const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
 impl Default for LoopConfig {
     fn default() -> Self {
         LoopConfig {
             batch_size: 1_000,
+            flush_interval: Duration::ZERO,
             max_in_flight: 64,
             // Under Cassandra's 5 KiB warning threshold: no warning per batch in its log.
             batch_bytes: 4 * 1024,
@@ -449,14 +468,23 @@ pub async fn run<P: Projection, R: SchemaRegistry + 'static>(
             }
             None => {}
         }
+        let flush_at = tokio::time::Instant::now() + config.flush_interval;
         while !batch.is_empty() && batch.len() < config.batch_size {
-            match consumer.recv().now_or_never() {
-                Some(Ok(message)) => batch.push(message.detach()),
-                Some(Err(error)) => {
+            let next = match consumer.recv().now_or_never() {
+                Some(next) => next,
+                // Nothing more has arrived: wait for it until the flush is due. Receiving is
+                // cancel-safe, so giving up at the deadline loses no record.
+                None => match tokio::time::timeout_at(flush_at, consumer.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                Ok(message) => batch.push(message.detach()),
+                Err(error) => {
                     warn!(%error, "The consumer reported an error; polling again.");
                     break;
                 }
-                None => break,
             }
         }
         if let Err(error) = state.rebalanced().await {
@@ -1004,26 +1032,39 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
                 send_commands(&shared, &encoded, &mut commands_sent).await?;
             }
             let started = Instant::now();
-            // The partial rows and their sums before any entity's row or state: see
-            // `crate::projection` (partial rows) for why this order keeps them exact.
-            write_partials(&shared, &work.source, &work.partial_rows, &work.partials)
-                .await
-                .map_err(Failure::Store)?;
             let (store, metrics, config) = (&shared.store, &shared.metrics, &shared.config);
+            let observe_row = |table, took| metrics.observe_cql_write(table, took);
+            let observe_state = |took| metrics.observe_cql_write(store.state_table(), took);
+            // Three steps, each acknowledged before the next: the partial rows; then their sums
+            // together with the entities' rows; then the entities' states. See
+            // `crate::projection` (partial rows) for why this order keeps the sums exact.
+            let (in_flight, batch_bytes) = (config.max_in_flight, config.batch_bytes);
             store
-                .write_all(
-                    &work.rows,
-                    config.max_in_flight,
-                    config.batch_bytes,
-                    |table, took| metrics.observe_cql_write(table, took),
-                )
+                .write_all(&work.partial_rows, in_flight, batch_bytes, observe_row)
                 .await
                 .map_err(Failure::Store)?;
+            // Both run to the end even when one fails, so that a failed row leaves the sums
+            // saved or not saved, never half of the requests in flight cancelled.
+            let (sums, rows) = tokio::join!(
+                store.save_all(
+                    &work.source,
+                    &work.partials,
+                    in_flight,
+                    batch_bytes,
+                    observe_state
+                ),
+                store.write_all(&work.rows, in_flight, batch_bytes, observe_row),
+            );
+            rows.and(sums).map_err(Failure::Store)?;
             // The states share one CQL partition (the source partition): batched.
             store
-                .save_all(&work.source, &work.states, config.batch_bytes, |took| {
-                    metrics.observe_cql_write(store.state_table(), took)
-                })
+                .save_all(
+                    &work.source,
+                    &work.states,
+                    in_flight,
+                    batch_bytes,
+                    observe_state,
+                )
                 .await
                 .map_err(Failure::Store)?;
             debug!(source = %work.source, rows = work.rows.len(), states = work.states.len(), took = ?started.elapsed(), "Partition work written.");
@@ -1093,30 +1134,6 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
         rewind_to: work.rewind_to,
         retries,
     })
-}
-
-/// Writes the touched partial rows, then saves their sums and offsets (one CQL partition of
-/// the state table: batched like the entities' states).
-async fn write_partials<P: Projection, R>(
-    shared: &Shared<P, R>,
-    source: &str,
-    rows: &[Row],
-    sums: &[(String, Stored<PartialSums>)],
-) -> Result<(), StoreError> {
-    let (store, metrics, config) = (&shared.store, &shared.metrics, &shared.config);
-    store
-        .write_all(
-            rows,
-            config.max_in_flight,
-            config.batch_bytes,
-            |table, took| metrics.observe_cql_write(table, took),
-        )
-        .await?;
-    store
-        .save_all(source, sums, config.batch_bytes, |took| {
-            metrics.observe_cql_write(store.state_table(), took)
-        })
-        .await
 }
 
 /// A failed write step.

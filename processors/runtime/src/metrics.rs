@@ -69,8 +69,9 @@ const CQL_WRITE_BUCKETS: [f64; 13] = [
 ];
 
 /// 5 ms (a live pipeline) to 5 min (catching up after a restart or a replay).
-const FRESHNESS_BUCKETS: [f64; 15] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+const FRESHNESS_BUCKETS: [f64; 17] = [
+    0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    300.0,
 ];
 
 /// Which rebalance callback fired (`dietstream_rebalances_total{kind}`).

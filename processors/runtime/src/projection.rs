@@ -38,12 +38,14 @@
 //! Every partial row is stored like an entity in the state table, with its sums and the offset
 //! of the last record whose delta it took; once loaded, a delta from a record at or below that
 //! offset is skipped (the deltas of one record from several entities all count in the run that
-//! first applies it). Per partition and batch the runtime writes, in this order: the touched partial
-//! rows, their sums and offsets, then the entities' rows, then the entities' states. So:
+//! first applies it). Per partition and batch the runtime writes in three steps, each
+//! acknowledged before the next: the touched partial rows; then their sums and offsets,
+//! together with the entities' rows; then the entities' states. So:
 //!
 //! - a crash before the partial sums are saved loses the batch's deltas and the entities'
 //!   states alike: the records are applied again, the deltas added again to the old sums, the
-//!   same rows written;
+//!   same rows written (an entity's rows are computed from its state, so writing them early
+//!   or twice changes nothing);
 //! - a crash after the partial sums are saved but before the entities' states are: the
 //!   entities, on their old state, apply the records again and emit the same deltas, which the
 //!   partial rows skip by their offset;

@@ -327,12 +327,14 @@ impl Store {
     /// as few requests as `max_batch_bytes` allows: they share the state table's CQL partition
     /// (`source`), so each request is one unlogged single-partition batch, which the replicas
     /// apply as one mutation. A batch holds states whose JSON adds up to at most
-    /// `max_batch_bytes` (a larger state goes alone). `observe` is called once per state with
-    /// the time its request took, failed or not.
+    /// `max_batch_bytes` (a larger state goes alone), at most `max_in_flight` requests at a
+    /// time (the states are of distinct entities, so their order does not matter). `observe`
+    /// is called once per state with the time its request took, failed or not.
     pub async fn save_all<S: serde::Serialize>(
         &self,
         source: &str,
         states: &[(String, Stored<S>)],
+        max_in_flight: usize,
         max_batch_bytes: usize,
         observe: impl Fn(Duration),
     ) -> Result<(), StoreError> {
@@ -351,25 +353,36 @@ impl Store {
             .iter()
             .map(|(_, entity, state, _)| entity.len() + state.len() + 2 * CELL_OVERHEAD)
             .collect();
-        for chunk in chunks(&sizes, max_batch_bytes) {
-            let chunk = &encoded[chunk];
-            let started = Instant::now();
-            let result = if let [(source, entity, state, offset)] = chunk {
-                self.session
-                    .execute_unpaged(&self.save, (source, entity, state, offset))
-                    .await
-            } else {
-                let mut batch = Batch::new(BatchType::Unlogged);
-                for _ in chunk {
-                    batch.append_statement(self.save.clone());
-                }
-                self.session.batch(&batch, chunk).await
-            };
-            let took = started.elapsed();
-            chunk.iter().for_each(|_| observe(took));
-            result.map_err(|e: ExecutionError| failed(e.to_string()))?;
-        }
-        Ok(())
+        let (encoded, observe, failed) = (&encoded, &observe, &failed);
+        // Collected first, as in `write_all`: the loop spawns its writes, so they must be `Send`.
+        let saves: Vec<_> = chunks(&sizes, max_batch_bytes)
+            .into_iter()
+            .map(|chunk| async move {
+                let chunk = &encoded[chunk];
+                let started = Instant::now();
+                let result = if let [(source, entity, state, offset)] = chunk {
+                    self.session
+                        .execute_unpaged(&self.save, (source, entity, state, offset))
+                        .await
+                } else {
+                    let mut batch = Batch::new(BatchType::Unlogged);
+                    for _ in chunk {
+                        batch.append_statement(self.save.clone());
+                    }
+                    self.session.batch(&batch, chunk).await
+                };
+                let took = started.elapsed();
+                chunk.iter().for_each(|_| observe(took));
+                result
+                    .map(drop)
+                    .map_err(|e: ExecutionError| failed(e.to_string()))
+            })
+            .collect();
+        let results: Vec<Result<(), StoreError>> = futures::stream::iter(saves)
+            .buffer_unordered(max_in_flight.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     /// Writes `rows` (each checked with [`Store::check`] first), at most `max_in_flight`
