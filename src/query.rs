@@ -93,7 +93,8 @@ pub struct DayNutrition {
     pub water_ml: i64,
     /// The goals in force that day, if any.
     pub goal: Option<GoalSet>,
-    /// The goals announced as met that day (`nutrition.goal.met`), sorted.
+    /// The goals announced as met for this date (`nutrition.goal.met`), sorted. Their date is
+    /// the UTC day the nutrition processor judged, not a day in the user's time zone.
     pub goals_met: Vec<NutritionGoalKind>,
 }
 
@@ -166,7 +167,7 @@ impl<R: SchemaRegistry> QueryBus<R> {
             achievements: user.achievements.iter().cloned().collect(),
             quests_completed: user.quests_completed,
             meals_logged: user.meals_logged,
-            goals_met: user.goals_met,
+            goals_met: user.goals_met.len() as u64,
         }))
     }
 
@@ -234,12 +235,16 @@ impl<R: SchemaRegistry> QueryBus<R> {
             n.fibre_g += meal.nutrients.fibre_g;
         }
         for (day, totals) in history.range(first..=last) {
-            if totals.water_ml == 0 && totals.goals_met.is_empty() && !days.contains_key(day) {
+            if totals.water_ml == 0 && !days.contains_key(day) {
                 continue;
             }
-            let d = entry(&mut days, user, *day);
-            d.water_ml = totals.water_ml;
-            d.goals_met = totals.goals_met.iter().copied().collect();
+            entry(&mut days, user, *day).water_ml = totals.water_ml;
+        }
+        // Sorted by (date, goal), so each day's goals come sorted.
+        for (day, goal) in &user.goals_met {
+            if (first..=last).contains(day) {
+                entry(&mut days, user, *day).goals_met.push(*goal);
+            }
         }
         Ok(NutritionAnalytics {
             user_id: user_id.to_owned(),

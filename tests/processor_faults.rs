@@ -7,8 +7,9 @@
 //! Then all of them run again, cleanly and side by side, into a second keyspace; the tables of
 //! each must equal those of its clean run row for row, and the oracle computed from the events
 //! (tests/common/oracle.rs). The quests, nutrition and insights processors send commands:
-//! after a crash they send some again, which the aggregates refuse or ignore, and every insight
-//! drawn has exactly one `ai.insight.created` in the log. Last, bad records (garbage bytes, an
+//! after a crash they send some again, which the aggregates refuse or ignore, every insight
+//! drawn has exactly one `ai.insight.created` in the log, and every minimum target a user's
+//! day reached exactly one `nutrition.goal.met`. Last, bad records (garbage bytes, an
 //! unknown schema id, a broken rule) reach the nutrition processor: they end in its
 //! dead-letter topic with their context while the stream goes on.
 
@@ -83,7 +84,12 @@ async fn check_oracle(
     ai_events: &[Event],
 ) {
     match processor {
-        "nutrition" => oracle::check_nutrition(session, ks, events).await,
+        "nutrition" => {
+            oracle::check_nutrition(session, ks, events).await;
+            let met = oracle::check_goals_met(events);
+            eprintln!("nutrition: {met} goals met checked");
+            assert!(met > 0, "no goal met, so none was checked");
+        }
         "engagement" => oracle::check_engagement(session, ks, events).await,
         "quests" => {
             let completed = oracle::check_quests(session, ks, events).await;

@@ -117,6 +117,9 @@ async fn every_read_model_equals_the_oracle_and_documented_queries_run() {
     let session = config.cql.session().await.expect("session");
     let ks = &config.cql.keyspace;
     oracle::check_nutrition(&session, ks, &events).await;
+    let met = oracle::check_goals_met(&events);
+    eprintln!("nutrition: {met} goals met checked");
+    assert!(met > 0, "no goal met, so none was checked");
     oracle::check_engagement(&session, ks, &events).await;
     let social_rows = oracle::check_engagement_partials(&session, ks, &user, &social).await;
     eprintln!("engagement: {social_rows} social rows checked");

@@ -52,7 +52,7 @@ async fn register_is_idempotent_and_check_catches_an_incompatible_change() {
     let subjects = subjects(&stack, &catalog);
     assert_eq!(
         subjects.len(),
-        33 + 25 + 1 + 4,
+        33 + 26 + 1 + 4,
         "every event, command, the result, and the snapshot on each of the 4 snapshot topics"
     );
     let meal = subjects

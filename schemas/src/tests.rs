@@ -114,7 +114,7 @@ fn events_and_commands_name_their_aggregate_type() {
             record.name
         );
     }
-    assert_eq!(commands, 25);
+    assert_eq!(commands, 26);
 }
 
 #[test]

@@ -382,6 +382,7 @@ pub fn command_json(command: &Command) -> serde_json::Value {
         DeleteMeal,
         LogMeal,
         LogWater,
+        RecordGoalMet,
         SetNutritionGoal,
         UpdateMeal,
         ClaimQuestReward,

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dietstream::config::Config;
-use dietstream_schemas::types::{MealItem, MealType, NutritionGoalUpdatedPayload};
+use dietstream_schemas::types::{
+    MealItem, MealType, NutritionGoalKind, NutritionGoalUpdatedPayload,
+};
 use dietstream_schemas::Event;
 use scylla::client::session::Session;
 use scylla::deserialize::row::DeserializeRow;
@@ -468,6 +470,114 @@ pub async fn check_nutrition(session: &Session, ks: &str, events: &[Event]) {
             );
         }
     }
+}
+
+/// The minimum targets (energy, protein, fibre, water; above 0) each user's UTC days ever
+/// reached, judged after every event of the user in log order against the goal in force then:
+/// (user, day, goal) → the target. A day that drops below a target later still reached it.
+/// No day is closed (the tests' histories span a few game days).
+pub fn goals_reached(events: &[Event]) -> BTreeMap<(String, i64, NutritionGoalKind), f64> {
+    #[derive(Default)]
+    struct UserLog {
+        meals: HashMap<Uuid, (i64, Vec<MealItem>)>,
+        water: BTreeMap<i64, i64>,
+        goals: Vec<Goal>,
+    }
+    let mut users: HashMap<String, UserLog> = HashMap::new();
+    let mut reached = BTreeMap::new();
+    for event in events {
+        let user = event.header().aggregate_id.clone();
+        let log = users.entry(user.clone()).or_default();
+        match event {
+            Event::MealLogged(e) => {
+                let p = &e.payload;
+                log.meals
+                    .insert(p.meal_id, (day_of(p.eaten_at), p.items.clone()));
+            }
+            Event::MealUpdated(e) => {
+                let p = &e.payload;
+                log.meals
+                    .insert(p.meal_id, (day_of(p.eaten_at), p.items.clone()));
+            }
+            Event::MealDeleted(e) => {
+                log.meals.remove(&e.payload.meal_id);
+            }
+            Event::WaterIntakeLogged(e) => {
+                *log.water.entry(day_of(e.payload.drunk_at)).or_default() +=
+                    i64::from(e.payload.millilitres);
+            }
+            Event::NutritionGoalUpdated(e) => log.goals.push(Goal::of(&e.payload)),
+            _ => continue,
+        }
+        let days: BTreeSet<i64> = log
+            .meals
+            .values()
+            .map(|(day, _)| *day)
+            .chain(log.water.keys().copied())
+            .collect();
+        for day in days {
+            let Some(goal) = log.goals.iter().rev().find(|g| g.from <= day) else {
+                continue;
+            };
+            let (mut energy, mut protein, mut fibre) = (0.0, 0.0, 0.0);
+            for item in log
+                .meals
+                .values()
+                .filter(|(d, _)| *d == day)
+                .flat_map(|(_, items)| items)
+            {
+                energy += item.energy_kcal;
+                protein += item.protein_g;
+                fibre += item.fibre_g.unwrap_or(0.0);
+            }
+            let water = log.water.get(&day).copied().unwrap_or(0) as f64;
+            for (kind, target, total) in [
+                (NutritionGoalKind::Energy, goal.energy, energy),
+                (NutritionGoalKind::Protein, goal.protein, protein),
+                (NutritionGoalKind::Fibre, goal.fibre, fibre),
+                (NutritionGoalKind::Water, goal.water.map(f64::from), water),
+            ] {
+                if let Some(target) = target.filter(|t| *t > 0.0 && total >= *t) {
+                    reached.entry((user.clone(), day, kind)).or_insert(target);
+                }
+            }
+        }
+    }
+    reached
+}
+
+/// Checks that the log holds exactly one `nutrition.goal.met` per (user, UTC day, minimum
+/// target) that [`goals_reached`] finds, with that target and a total at least that high, and
+/// no other: the nutrition processor sent them, and its repeats were refused. Returns how many.
+pub fn check_goals_met(events: &[Event]) -> usize {
+    let want = goals_reached(events);
+    let mut got: BTreeMap<(String, i64, NutritionGoalKind), Vec<(f64, f64)>> = BTreeMap::new();
+    for event in events {
+        if let Event::NutritionGoalMet(e) = event {
+            let p = &e.payload;
+            got.entry((e.header.aggregate_id.clone(), i64::from(p.date), p.goal))
+                .or_default()
+                .push((p.target, p.achieved));
+        }
+    }
+    let mut problems = Vec::new();
+    for (key, met) in &got {
+        match (want.get(key), met.as_slice()) {
+            (None, _) => problems.push(format!("{key:?}: met {met:?}, never reached")),
+            (Some(target), [(t, achieved)]) if close(*t, *target) && achieved >= t => {}
+            (Some(target), _) => problems.push(format!("{key:?}: met {met:?}, target {target}")),
+        }
+    }
+    for key in want.keys().filter(|k| !got.contains_key(*k)) {
+        problems.push(format!("{key:?}: reached, no nutrition.goal.met"));
+    }
+    assert!(
+        problems.is_empty(),
+        "goals met: {} differences:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    want.len()
 }
 
 // --- engagement --------------------------------------------------------------------------

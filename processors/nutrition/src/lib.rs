@@ -14,8 +14,11 @@
 //! after the event), which the runtime adds to its partition's row of that day. The tables are
 //! in [`tables`] and the README.
 //!
-//! It sends no command: the command processor itself appends `nutrition.goal.met` when a
-//! meal or water log reaches a target, and the schemas have no command for a met goal.
+//! It sends commands: when an event makes an open day reach a minimum target (energy, protein,
+//! fibre, water) of the goal in force, it sends `nutrition.goal.met.record` for that day and
+//! target ([`goals_met`]), once per state history; the command processor appends
+//! `nutrition.goal.met` and refuses a repeat (after a crash a record may be applied, and its
+//! command sent, again).
 
 pub mod state;
 pub mod tables;
@@ -25,9 +28,14 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dietstream_runtime::{Effects, Origin, PartialTable, Projection, RuleError, Table};
-use dietstream_schemas::types::{MealItem, MealType};
-use dietstream_schemas::Event;
+use dietstream_runtime::{
+    caused_command, Effects, Origin, PartialTable, Projection, RuleError, Table,
+};
+use dietstream_schemas::types::{
+    AggregateType, EventHeader, MealItem, MealType, NutritionGoalKind, RecordGoalMet,
+    RecordGoalMetPayload,
+};
+use dietstream_schemas::{Command, Event};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -59,7 +67,7 @@ pub struct NutritionConfig {
 }
 
 /// 62 days: the command processor's window of daily totals (`DAY_WINDOW`), so a late
-/// correction it still counts is counted here too.
+/// correction it still counts is counted here too (and a goal it reaches is still sent).
 const fn default_window_days() -> i32 {
     62
 }
@@ -104,6 +112,51 @@ enum Change {
 
 fn rule(message: impl Into<String>) -> RuleError {
     RuleError(message.into())
+}
+
+/// The id of the `nutrition.goal.met.record` for `goal` on `day` caused by the event
+/// `event_id` (DESIGN decision 3): the same whenever that event is applied again.
+pub fn command_id(event_id: Uuid, day: i32, goal: NutritionGoalKind) -> Uuid {
+    Uuid::new_v5(
+        &event_id,
+        format!("nutrition/goal-met/{day}/{goal:?}").as_bytes(),
+    )
+}
+
+/// The `nutrition.goal.met.record` commands for the minimum targets the `days` of `user` now
+/// reach and that were not sent yet, caused by the event `cause`; they are marked as sent.
+pub fn goals_met(
+    user: &str,
+    state: &mut UserNutrition,
+    days: &BTreeSet<i32>,
+    cause: &EventHeader,
+) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for &day in days {
+        let Some(goal) = state.goal_on(day).copied() else {
+            continue;
+        };
+        for (kind, target, achieved) in goal.minimums_reached(&state.day(day)) {
+            if !state.goals_sent.insert((day, kind)) {
+                continue;
+            }
+            commands.push(Command::RecordGoalMet(RecordGoalMet {
+                header: caused_command::<RecordGoalMet>(
+                    cause,
+                    AggregateType::User,
+                    user,
+                    command_id(cause.event_id, day, kind),
+                ),
+                payload: RecordGoalMetPayload {
+                    date: day,
+                    goal: kind,
+                    target,
+                    achieved,
+                },
+            }));
+        }
+    }
+    commands
 }
 
 fn day_of(micros: i64, field: &str) -> Result<i32, RuleError> {
@@ -346,9 +399,11 @@ impl Projection for NutritionProjection {
                 tables::day_partial(*day, &old, &tables::contribution(state, *day))
             })
             .collect();
+        // Touched days are open: a closed day sends nothing.
+        let commands = goals_met(entity, state, &touched, header);
         Ok(Effects {
             rows: rows(entity, state, &touched),
-            commands: Vec::new(),
+            commands,
             partials,
         })
     }

@@ -2,10 +2,12 @@
 //! week and month figures computed from them (never accumulated, so an update or deletion of
 //! a meal moves or removes its figures exactly).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Datelike, NaiveDate};
-use dietstream_schemas::types::{MealItem, MealType, NutritionGoalUpdatedPayload};
+use dietstream_schemas::types::{
+    MealItem, MealType, NutritionGoalKind, NutritionGoalUpdatedPayload,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -160,8 +162,8 @@ impl MealCounts {
 }
 
 /// Daily targets from a day on (`nutrition.goal.updated`). Energy, protein, fibre and water
-/// are minimums (met when the day's total is at least the target, as the command processor
-/// judges `nutrition.goal.met`); carbohydrate and fat are ceilings (met when the total is at
+/// are minimums (met when the day's total is at least the target; reaching one sends
+/// `nutrition.goal.met.record`); carbohydrate and fat are ceilings (met when the total is at
 /// most the target).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Goal {
@@ -210,6 +212,34 @@ impl Goal {
         ];
         checks.into_iter().flatten().reduce(|all, met| all && met)
     }
+
+    /// The minimum targets set (more than 0) that a day with these totals reaches, each with
+    /// the target and the day's total, in the order energy, protein, fibre, water.
+    pub fn minimums_reached(&self, day: &DayFigures) -> Vec<(NutritionGoalKind, f64, f64)> {
+        let n = &day.nutrients;
+        [
+            (NutritionGoalKind::Energy, self.energy_kcal, n.energy_kcal),
+            (NutritionGoalKind::Protein, self.protein_g, n.protein_g),
+            (
+                NutritionGoalKind::Fibre,
+                self.fibre_g,
+                n.fibre_g.unwrap_or(0.0),
+            ),
+            (
+                NutritionGoalKind::Water,
+                self.water_ml.map(f64::from),
+                day.water_ml as f64,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(kind, target, total)| {
+            // A target of 0 is met by nothing logged at all: no day "reaches" it.
+            target
+                .filter(|t| *t > 0.0 && total >= *t)
+                .map(|t| (kind, t, total))
+        })
+        .collect()
+    }
 }
 
 /// One user-day's figures, computed from the state.
@@ -255,6 +285,12 @@ pub struct UserNutrition {
     /// Goals by first day, ascending; the one in force on a day is the last one starting on or
     /// before it.
     pub goals: Vec<Goal>,
+    /// The (day, minimum target) pairs of the kept days already reached, for which
+    /// `nutrition.goal.met.record` was sent: each is sent once per state history. Absent from
+    /// states stored before it existed, then empty (a target reached again is sent again, and
+    /// the command processor refuses the repeat).
+    #[serde(default)]
+    pub goals_sent: BTreeSet<(i32, NutritionGoalKind)>,
 }
 
 impl UserNutrition {
@@ -285,6 +321,7 @@ impl UserNutrition {
         let kept_from = week_start(open);
         self.meals.retain(|_, m| m.day >= kept_from);
         self.water_ml.retain(|d, _| *d >= kept_from);
+        self.goals_sent.retain(|(d, _)| *d >= kept_from);
         if let Some(first) = self
             .goals
             .iter()

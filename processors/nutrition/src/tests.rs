@@ -8,9 +8,10 @@ use dietstream_runtime::{Origin, Projection, Row};
 use dietstream_schemas::types::{
     AggregateType, EventHeader, MealDeleted, MealDeletedPayload, MealDeletionReason, MealItem,
     MealLogged, MealLoggedPayload, MealSource, MealType, MealUpdated, MealUpdatedPayload,
-    NutritionGoalUpdated, NutritionGoalUpdatedPayload, WaterIntakeLogged, WaterIntakeLoggedPayload,
+    NutritionGoalKind, NutritionGoalUpdated, NutritionGoalUpdatedPayload, WaterIntakeLogged,
+    WaterIntakeLoggedPayload,
 };
-use dietstream_schemas::Event;
+use dietstream_schemas::{Command, Event};
 use proptest::prelude::*;
 use scylla::value::CqlValue;
 use uuid::Uuid;
@@ -182,8 +183,32 @@ fn run(events: &[Event]) -> MemoryRun<crate::state::UserNutrition> {
     }
     run.commit();
     assert!(run.rejected().is_empty(), "{:?}", run.rejected());
-    assert!(run.commands().is_empty());
     run
+}
+
+/// (user, day, goal, target, achieved) of every `nutrition.goal.met.record` sent, in order,
+/// after checking that each is caused by an event of its user as `caused_command` builds it.
+fn goals_sent(commands: &[Command]) -> Vec<(String, i32, NutritionGoalKind, f64, f64)> {
+    commands
+        .iter()
+        .map(|c| {
+            let Command::RecordGoalMet(c) = c else {
+                panic!("not a goal met: {c:?}")
+            };
+            let h = &c.header;
+            assert_eq!(h.command_type, "nutrition.goal.met.record");
+            assert_eq!(h.aggregate_type, AggregateType::User);
+            assert_eq!(h.user_id.as_deref(), Some(h.aggregate_id.as_str()));
+            assert_eq!(h.expected_version, None);
+            let cause = h.causation_id.expect("caused by an event");
+            assert_eq!(
+                h.command_id,
+                crate::command_id(cause, c.payload.date, c.payload.goal)
+            );
+            let p = &c.payload;
+            (h.aggregate_id.clone(), p.date, p.goal, p.target, p.achieved)
+        })
+        .collect()
 }
 
 fn key(values: Vec<CqlValue>) -> String {
@@ -585,6 +610,224 @@ fn days_before_the_open_period_are_final() {
 }
 
 #[test]
+fn reaching_a_minimum_sends_goal_met_once_per_day_and_goal() {
+    use NutritionGoalKind::{Energy, Protein, Water};
+    let user = "u1";
+    let targets = Targets {
+        energy: Some(1000.0),
+        protein: Some(3.0),
+        fat: Some(2.0),
+        water: Some(1500),
+        ..Targets::default()
+    };
+    let events = [
+        goal(user, 1, BASE_DAY, BASE_DAY, targets),
+        lunch(user, 2, 1, BASE_DAY, 600.0),
+        // Energy reached (and fat past its ceiling, which is no goal met).
+        lunch(user, 3, 2, BASE_DAY, 500.0),
+        // Protein reached; energy stays reached and is not sent again.
+        lunch(user, 4, 3, BASE_DAY, 100.0),
+        water(user, 5, BASE_DAY, 1000),
+        water(user, 6, BASE_DAY, 500),
+        // Below the target, then above it again: the day was already sent.
+        deleted(user, 7, 2, BASE_DAY),
+        lunch(user, 8, 4, BASE_DAY, 900.0),
+        // Another day is another chance.
+        lunch(user, 9, 5, BASE_DAY + 1, 1000.0),
+    ];
+    let run = run(&events);
+    assert_eq!(
+        goals_sent(run.commands()),
+        [
+            (user.to_owned(), BASE_DAY, Energy, 1000.0, 1100.0),
+            (user.to_owned(), BASE_DAY, Protein, 3.0, 3.0),
+            (user.to_owned(), BASE_DAY, Water, 1500.0, 1500.0),
+            (user.to_owned(), BASE_DAY + 1, Energy, 1000.0, 1000.0),
+        ]
+    );
+    let causes: Vec<Uuid> = run
+        .commands()
+        .iter()
+        .filter_map(|c| c.header().causation_id)
+        .collect();
+    let event_id = |i: usize| events[i].header().event_id;
+    assert_eq!(causes, [event_id(2), event_id(3), event_id(5), event_id(8)]);
+    let Command::RecordGoalMet(first) = &run.commands()[0] else {
+        unreachable!("checked by goals_sent")
+    };
+    assert_eq!(first.header.issued_at, events[2].header().timestamp);
+}
+
+#[test]
+fn a_goal_update_that_makes_a_logged_day_meet_a_target_sends() {
+    let user = "u1";
+    let events = [
+        lunch(user, 1, 1, BASE_DAY, 500.0),
+        lunch(user, 2, 2, BASE_DAY + 1, 500.0),
+        water(user, 3, BASE_DAY + 2, 800),
+        // From day 1 on: day 0 keeps no goal, day 2 misses energy but meets water.
+        goal(
+            user,
+            4,
+            BASE_DAY + 2,
+            BASE_DAY + 1,
+            Targets {
+                energy: Some(400.0),
+                water: Some(800),
+                ..Targets::default()
+            },
+        ),
+    ];
+    let run = run(&events);
+    assert_eq!(
+        goals_sent(run.commands()),
+        [
+            (
+                user.to_owned(),
+                BASE_DAY + 1,
+                NutritionGoalKind::Energy,
+                400.0,
+                500.0
+            ),
+            (
+                user.to_owned(),
+                BASE_DAY + 2,
+                NutritionGoalKind::Water,
+                800.0,
+                800.0
+            ),
+        ]
+    );
+    assert!(run
+        .commands()
+        .iter()
+        .all(|c| c.header().causation_id == Some(events[3].header().event_id)));
+}
+
+#[test]
+fn ceilings_and_targets_of_zero_are_never_sent_as_met() {
+    let user = "u1";
+    let run = run(&[
+        goal(
+            user,
+            1,
+            BASE_DAY,
+            BASE_DAY,
+            Targets {
+                energy: Some(0.0),
+                carbohydrate: Some(100.0),
+                fat: Some(100.0),
+                water: Some(0),
+                ..Targets::default()
+            },
+        ),
+        lunch(user, 2, 1, BASE_DAY, 500.0),
+        water(user, 3, BASE_DAY, 300),
+    ]);
+    assert_eq!(
+        daily(run.tables(), user, BASE_DAY).expect("row")[20],
+        Some(CqlValue::Boolean(true)),
+        "the day meets its goal"
+    );
+    assert!(run.commands().is_empty(), "{:?}", run.commands());
+}
+
+#[test]
+fn closed_days_send_nothing() {
+    let user = "u1";
+    let projection = NutritionProjection::with_config(NutritionConfig { window_days: 10 });
+    let mut run = MemoryRun::new();
+    let targets = Targets {
+        energy: Some(1000.0),
+        ..Targets::default()
+    };
+    let events = [
+        goal(user, 1, BASE_DAY, BASE_DAY, targets),
+        lunch(user, 2, 1, BASE_DAY, 1000.0),
+        // Sixty days later: November and December are closed.
+        lunch(user, 3, 2, BASE_DAY + 60, 100.0),
+        lunch(user, 4, 3, BASE_DAY + 1, 1000.0),
+        updated(
+            user,
+            5,
+            1,
+            BASE_DAY,
+            MealType::Lunch,
+            &[food(2000.0, 1.0, 1.0, 1.0)],
+        ),
+        water(user, 6, BASE_DAY + 1, 100),
+        // A lower target from a closed day on applies from the first open day only.
+        goal(
+            user,
+            7,
+            BASE_DAY + 60,
+            BASE_DAY,
+            Targets {
+                energy: Some(50.0),
+                ..Targets::default()
+            },
+        ),
+    ];
+    for (offset, event) in events.iter().enumerate() {
+        run.deliver(&projection, TOPIC, 0, offset as i64, event);
+    }
+    assert!(run.rejected().is_empty(), "{:?}", run.rejected());
+    let energy = NutritionGoalKind::Energy;
+    assert_eq!(
+        goals_sent(run.commands()),
+        [
+            (user.to_owned(), BASE_DAY, energy, 1000.0, 1000.0),
+            (user.to_owned(), BASE_DAY + 60, energy, 50.0, 100.0)
+        ]
+    );
+    let state = run.state(TOPIC, 0, user).expect("state");
+    assert_eq!(
+        state.goals_sent.iter().copied().collect::<Vec<_>>(),
+        [(BASE_DAY + 60, energy)],
+        "what was sent for closed days is forgotten"
+    );
+}
+
+#[test]
+fn an_event_applied_again_after_a_crash_sends_the_same_command() {
+    let projection = NutritionProjection::new();
+    let mut run = MemoryRun::new();
+    let targets = Targets {
+        energy: Some(100.0),
+        ..Targets::default()
+    };
+    run.deliver(
+        &projection,
+        TOPIC,
+        0,
+        0,
+        &goal("u1", 1, BASE_DAY, BASE_DAY, targets),
+    );
+    run.commit();
+    let meal = lunch("u1", 2, 1, BASE_DAY, 500.0);
+    run.deliver(&projection, TOPIC, 0, 1, &meal);
+    // A duplicate of a record already applied is skipped.
+    run.deliver(&projection, TOPIC, 0, 1, &meal);
+    assert_eq!(run.commands().len(), 1);
+    // A crash before the state was saved: the record is applied, and the command sent, again.
+    run.crash();
+    run.deliver(&projection, TOPIC, 0, 1, &meal);
+    run.commit();
+    let [first, second] = run.commands() else {
+        panic!("{:?}", run.commands())
+    };
+    assert_eq!(first, second);
+    run.deliver(
+        &projection,
+        TOPIC,
+        0,
+        2,
+        &lunch("u1", 3, 2, BASE_DAY, 500.0),
+    );
+    assert_eq!(run.commands().len(), 2, "sent once per state history");
+}
+
+#[test]
 fn events_it_does_not_read_change_nothing() {
     let projection = NutritionProjection::new();
     assert!(!projection.wants("nutrition.goal.met"));
@@ -789,46 +1032,69 @@ struct OracleDay {
     goal_met: Option<bool>,
 }
 
+/// The actions played so far, as the oracles keep them: the latest version of every meal not
+/// deleted, the water by day, and the goals in the order they were set.
+#[derive(Default)]
+struct Played {
+    meals: BTreeMap<(usize, u8), (i32, Vec<Food>)>,
+    water: BTreeMap<(usize, i32), i64>,
+    goals: Vec<(usize, i32, Targets)>,
+}
+
+impl Played {
+    fn play(&mut self, u: usize, op: &Op) {
+        match op {
+            Op::Log(s, day, _, f) | Op::Update(s, day, _, f) => {
+                self.meals.insert((u, *s), (*day, f.clone()));
+            }
+            Op::Delete(s) => {
+                self.meals.remove(&(u, *s));
+            }
+            Op::Water(day, ml) => *self.water.entry((u, *day)).or_default() += i64::from(*ml),
+            Op::Goal(day, t) => self.goals.push((u, *day, *t)),
+        }
+    }
+
+    /// The latest goal of user `u` whose first day is on or before `day`.
+    fn goal_on(&self, u: usize, day: i32) -> Option<Targets> {
+        self.goals
+            .iter()
+            .rev()
+            .find(|(gu, from, _)| *gu == u && *from <= day)
+            .map(|(_, _, t)| *t)
+    }
+
+    /// The figures per (user, day) with a meal or water, without `goal_met`.
+    fn days(&self) -> BTreeMap<(usize, i32), OracleDay> {
+        let mut days: BTreeMap<(usize, i32), OracleDay> = BTreeMap::new();
+        for ((u, _), (day, foods)) in &self.meals {
+            let entry = days.entry((*u, *day)).or_default();
+            entry.meals += 1;
+            for f in foods {
+                entry.energy += f.energy;
+                entry.protein += f.protein;
+                entry.carbohydrate += f.carbohydrate;
+                entry.fat += f.fat;
+                entry.fibre += f.fibre.unwrap_or(0.0);
+            }
+        }
+        for ((u, day), ml) in &self.water {
+            days.entry((*u, *day)).or_default().water = *ml;
+        }
+        days
+    }
+}
+
 /// The figures per (user, day), computed from the actions alone: the latest version of every
 /// meal not deleted, the water, and the latest goal whose first day is on or before the day.
 fn oracle(ops: &[(usize, Op)]) -> BTreeMap<(usize, i32), OracleDay> {
-    let mut meals: BTreeMap<(usize, u8), (i32, Vec<Food>)> = BTreeMap::new();
-    let mut water: BTreeMap<(usize, i32), i64> = BTreeMap::new();
-    let mut goals: Vec<(usize, i32, Targets)> = Vec::new();
+    let mut played = Played::default();
     for (u, op) in ops {
-        match op {
-            Op::Log(s, day, _, f) | Op::Update(s, day, _, f) => {
-                meals.insert((*u, *s), (*day, f.clone()));
-            }
-            Op::Delete(s) => {
-                meals.remove(&(*u, *s));
-            }
-            Op::Water(day, ml) => *water.entry((*u, *day)).or_default() += i64::from(*ml),
-            Op::Goal(day, t) => goals.push((*u, *day, *t)),
-        }
+        played.play(*u, op);
     }
-    let mut days: BTreeMap<(usize, i32), OracleDay> = BTreeMap::new();
-    for ((u, _), (day, foods)) in &meals {
-        let entry = days.entry((*u, *day)).or_default();
-        entry.meals += 1;
-        for f in foods {
-            entry.energy += f.energy;
-            entry.protein += f.protein;
-            entry.carbohydrate += f.carbohydrate;
-            entry.fat += f.fat;
-            entry.fibre += f.fibre.unwrap_or(0.0);
-        }
-    }
-    for ((u, day), ml) in &water {
-        days.entry((*u, *day)).or_default().water = *ml;
-    }
+    let mut days = played.days();
     for ((u, day), figures) in days.iter_mut() {
-        let in_force = goals
-            .iter()
-            .rev()
-            .find(|(gu, from, _)| gu == u && from <= day)
-            .map(|(_, _, t)| *t);
-        figures.goal_met = in_force.and_then(|t| {
+        figures.goal_met = played.goal_on(*u, *day).and_then(|t| {
             let checks = [
                 t.energy.map(|x| figures.energy >= x),
                 t.protein.map(|x| figures.protein >= x),
@@ -842,6 +1108,50 @@ fn oracle(ops: &[(usize, Op)]) -> BTreeMap<(usize, i32), OracleDay> {
         });
     }
     days
+}
+
+/// The minimum targets each (user, day) ever reached, judged after every action as it comes:
+/// (user, day, goal) → (target, the day's total when first reached). A target of 0 is never
+/// reached. Without closed days (the generated days span two weeks).
+fn goals_reached(ops: &[(usize, Op)]) -> BTreeMap<(usize, i32, NutritionGoalKind), (f64, f64)> {
+    let mut played = Played::default();
+    let mut reached = BTreeMap::new();
+    for (u, op) in ops {
+        played.play(*u, op);
+        for ((du, day), f) in played.days() {
+            let Some(t) = played.goal_on(du, day).filter(|_| du == *u) else {
+                continue;
+            };
+            for (kind, target, total) in [
+                (NutritionGoalKind::Energy, t.energy, f.energy),
+                (NutritionGoalKind::Protein, t.protein, f.protein),
+                (NutritionGoalKind::Fibre, t.fibre, f.fibre),
+                (
+                    NutritionGoalKind::Water,
+                    t.water.map(f64::from),
+                    f.water as f64,
+                ),
+            ] {
+                if let Some(target) = target.filter(|t| *t > 0.0 && total >= *t) {
+                    reached.entry((du, day, kind)).or_insert((target, total));
+                }
+            }
+        }
+    }
+    reached
+}
+
+/// Distinct commands by user and id; panics when one carries two different commands. (The
+/// generated events of two users may share an id, which real events never do.)
+fn by_id(commands: &[Command]) -> BTreeMap<(String, Uuid), Command> {
+    let mut out = BTreeMap::new();
+    for c in commands {
+        let key = (c.header().aggregate_id.clone(), c.header().command_id);
+        if let Some(previous) = out.insert(key, c.clone()) {
+            assert_eq!(&previous, c, "one command id, two commands");
+        }
+    }
+    out
 }
 
 /// How a chaotic run goes on after a batch.
@@ -951,8 +1261,14 @@ proptest! {
         let once = one_pass(&records);
         let chaos = chaotic(&records, &steps);
         prop_assert!(once.rejected().is_empty());
-        prop_assert!(chaos.commands().is_empty());
         prop_assert_eq!(once.tables(), chaos.tables());
+        // The goals met sent: once per (user, day, goal) in one pass; after duplicates,
+        // replays and crashes, some again, each with the same id and content as in one pass.
+        let sent = goals_sent(once.commands());
+        let distinct: BTreeSet<_> = sent.iter().map(|(u, d, g, _, _)| (u, d, g)).collect();
+        prop_assert_eq!(distinct.len(), sent.len(), "{:?}", sent);
+        goals_sent(chaos.commands());
+        prop_assert_eq!(by_id(once.commands()), by_id(chaos.commands()));
     }
 
     /// The partial rows of a day, after duplicates, replays and crashes of either kind, sum
@@ -1008,6 +1324,19 @@ proptest! {
         let run = one_pass(&records(&ops));
         let expected = oracle(&ops);
         let tables = run.tables();
+
+        // One goal met sent per minimum target a day ever reached, with the target and the
+        // day's total when it was reached.
+        let sent: BTreeMap<(usize, i32, NutritionGoalKind), (f64, f64)> =
+            goals_sent(run.commands())
+                .into_iter()
+                .map(|(user, day, goal, target, achieved)| {
+                    let u = USERS.iter().position(|u| *u == user).expect("a generated user");
+                    ((u, day - BASE_DAY, goal), (target, achieved))
+                })
+                .collect();
+        prop_assert_eq!(sent.len(), run.commands().len());
+        prop_assert_eq!(sent, goals_reached(&ops));
 
         let daily_rows = tables.get(USER_DAILY).map_or(0, |rows| rows.len());
         prop_assert_eq!(daily_rows, expected.len());

@@ -19,10 +19,11 @@
 //! 4. Values (`VALIDATION_ERROR`, with `field` as a dotted path).
 //! 5. Domain rules (`RULE_VIOLATION`).
 //!
-//! Derived user events (`nutrition.goal.met`, `user.streak.milestone`,
-//! `user.achievement.unlocked`, `user.level.up`) are appended by [`decide`] after the main
-//! event, in that order, and carry everything [`apply`] needs: state is always rebuildable from
-//! the events alone.
+//! Derived user events (`user.streak.milestone`, `user.achievement.unlocked`,
+//! `user.level.up`) are appended by [`decide`] after the main event, in that order, and carry
+//! everything [`apply`] needs: state is always rebuildable from the events alone.
+//! `nutrition.goal.met` is not derived: the nutrition processor, which judges the days, sends
+//! `nutrition.goal.met.record` (the aggregate refuses a repeat for the same day and goal).
 
 mod ai;
 mod progression;
@@ -97,6 +98,7 @@ impl AggregateKind {
             | Command::UpdateMeal(_)
             | Command::DeleteMeal(_)
             | Command::LogWater(_)
+            | Command::RecordGoalMet(_)
             | Command::StartQuest(_)
             | Command::ProgressQuest(_)
             | Command::CompleteQuest(_)
@@ -188,7 +190,7 @@ pub enum State {
 
 /// Name of the snapshot layout (serde JSON of [`Aggregate`]); bump when [`State`] changes
 /// shape, so that old snapshots are ignored and the aggregate is rebuilt from its events.
-pub const STATE_FORMAT: &str = "json/aggregate/1";
+pub const STATE_FORMAT: &str = "json/aggregate/2";
 
 /// Why a command was refused; maps 1:1 onto [`types::Rejected`].
 #[derive(Debug, Clone, PartialEq)]

@@ -74,7 +74,7 @@ impl Achievement {
             AchievementRule::MealsLogged(n) => state.meals_logged >= n,
             AchievementRule::QuestsCompleted(n) => state.quests_completed >= n,
             AchievementRule::StreakDays(n) => state.streak.as_ref().is_some_and(|s| s.days() >= n),
-            AchievementRule::GoalsMet(n) => state.goals_met >= n,
+            AchievementRule::GoalsMet(n) => state.goals_met.len() as u64 >= n,
         }
     }
 }

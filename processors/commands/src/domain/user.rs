@@ -15,10 +15,8 @@ use super::progression::{level_for_xp, ACHIEVEMENTS, STREAK_MILESTONES};
 use super::validate::{self, limits, Check};
 use super::{blank_header, Emitter, Rejection, State};
 
-/// Days of daily totals kept, counted back from the newest day any meal or water log fell on.
-/// Older days are dropped; a log for a day outside the window still counts as logged but never
-/// triggers `nutrition.goal.met` (the day's total is no longer known, and the at-most-once rule
-/// must hold).
+/// Days of daily water totals kept, counted back from the newest day any meal or water log
+/// fell on. Older days are dropped; a log for a day outside the window still counts as logged.
 pub const DAY_WINDOW: i32 = 62;
 
 /// Days from 0001-01-01 to 1970-01-01 (chrono counts from the former).
@@ -46,8 +44,10 @@ pub struct UserState {
     pub streak: Option<Streak>,
     /// Number of `nutrition.meal.logged`.
     pub meals_logged: u64,
-    /// Number of `nutrition.goal.met`.
-    pub goals_met: u64,
+    /// Every (date, goal) of a `nutrition.goal.met`: a `nutrition.goal.met.record` for one of
+    /// them is refused, and their number counts towards achievements. Never pruned: the nutrition
+    /// processor may judge any day it still keeps open, and a goal met must stay at most once.
+    pub goals_met: BTreeSet<(i32, NutritionGoalKind)>,
     /// Quests by quest id.
     pub quests: BTreeMap<Uuid, QuestRecord>,
     /// Number of `quest.completed`.
@@ -68,7 +68,7 @@ impl Default for UserState {
             newest_day: None,
             streak: None,
             meals_logged: 0,
-            goals_met: 0,
+            goals_met: BTreeSet::new(),
             quests: BTreeMap::new(),
             quests_completed: 0,
             achievements: BTreeSet::new(),
@@ -138,17 +138,10 @@ impl Nutrients {
             fibre_g: n.fibre_g + i.fibre_g.unwrap_or(0.0),
         })
     }
-
-    fn add(&mut self, o: &Nutrients, sign: f64) {
-        self.energy_kcal += sign * o.energy_kcal;
-        self.protein_g += sign * o.protein_g;
-        self.carbohydrate_g += sign * o.carbohydrate_g;
-        self.fat_g += sign * o.fat_g;
-        self.fibre_g += sign * o.fibre_g;
-    }
 }
 
-/// What the aggregate keeps of a meal: enough to take it out of its day's total again.
+/// What the aggregate keeps of a meal: its day and nutrients (for the query bus's daily
+/// figures) and whether it was deleted (a meal id is never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MealRecord {
     /// Day of `eaten_at` in the user's time zone when it was logged or last updated.
@@ -162,12 +155,8 @@ pub struct MealRecord {
 /// Totals of one day.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct DayTotals {
-    /// Nutrients of the day's meals that are not deleted.
-    pub nutrients: Nutrients,
     /// Water drunk, in millilitres.
     pub water_ml: i64,
-    /// Goals already met that day (each is announced once).
-    pub goals_met: BTreeSet<NutritionGoalKind>,
 }
 
 /// Daily targets from a day on (`nutrition.goal.updated`).
@@ -175,17 +164,17 @@ pub struct DayTotals {
 pub struct GoalSet {
     /// First day the targets apply to.
     pub effective_from: i32,
-    /// Energy target, met when the day's total is at least this.
+    /// Energy target, a minimum.
     pub energy_kcal: Option<f64>,
-    /// Protein target, met when the day's total is at least this.
+    /// Protein target, a minimum.
     pub protein_g: Option<f64>,
-    /// Carbohydrate target; kept, never "met" (carbohydrate and fat targets are ceilings).
+    /// Carbohydrate target, a ceiling.
     pub carbohydrate_g: Option<f64>,
-    /// Fat target; kept, never "met".
+    /// Fat target, a ceiling.
     pub fat_g: Option<f64>,
-    /// Fibre target, met when the day's total is at least this.
+    /// Fibre target, a minimum.
     pub fibre_g: Option<f64>,
-    /// Water target, met when the day's total is at least this.
+    /// Water target, a minimum.
     pub water_ml: Option<i32>,
 }
 
@@ -276,9 +265,8 @@ impl UserState {
     }
 
     fn add_meal(&mut self, id: Uuid, day: i32, nutrients: Nutrients) {
-        if let Some(d) = self.day_entry(day) {
-            d.nutrients.add(&nutrients, 1.0);
-        }
+        // A meal's day moves the window of daily totals like a drink's.
+        self.day_entry(day);
         self.meals.insert(
             id,
             MealRecord {
@@ -291,12 +279,7 @@ impl UserState {
 
     fn remove_meal(&mut self, id: &Uuid) {
         if let Some(m) = self.meals.get_mut(id) {
-            if !m.deleted {
-                m.deleted = true;
-                if let Some(d) = self.days.get_mut(&m.day) {
-                    d.nutrients.add(&m.nutrients, -1.0);
-                }
-            }
+            m.deleted = true;
         }
     }
 
@@ -394,10 +377,7 @@ pub(crate) fn apply(s: &mut UserState, event: &Event) {
         }
         Event::MealDeleted(e) => s.remove_meal(&e.payload.meal_id),
         Event::NutritionGoalMet(e) => {
-            s.goals_met += 1;
-            if let Some(d) = s.day_entry(e.payload.date) {
-                d.goals_met.insert(e.payload.goal);
-            }
+            s.goals_met.insert((e.payload.date, e.payload.goal));
         }
         Event::NutritionGoalUpdated(e) => {
             let p = &e.payload;
@@ -473,18 +453,10 @@ fn state<'e>(em: &'e Emitter<'_>) -> Option<&'e UserState> {
     }
 }
 
-/// What a command changes besides its main event, so the derived events can be computed.
-#[derive(Default)]
-struct Effects {
-    /// Days whose totals may now reach a goal.
-    goal_days: Vec<i32>,
-}
-
 pub(crate) fn decide(em: &mut Emitter<'_>, command: &Command) -> Result<(), Rejection> {
     validate_command(command)?;
     let empty = UserState::default();
     let s = state(em).unwrap_or(&empty);
-    let mut effects = Effects::default();
     let main = match command {
         Command::RegisterUser(c) => {
             let p = &c.payload;
@@ -555,7 +527,6 @@ pub(crate) fn decide(em: &mut Emitter<'_>, command: &Command) -> Result<(), Reje
                     p.meal_id
                 )));
             }
-            effects.goal_days.push(s.day_of(p.eaten_at));
             Event::MealLogged(types::MealLogged {
                 header: blank_header(),
                 payload: types::MealLoggedPayload {
@@ -571,7 +542,6 @@ pub(crate) fn decide(em: &mut Emitter<'_>, command: &Command) -> Result<(), Reje
         Command::UpdateMeal(c) => {
             let p = &c.payload;
             live_meal(s, &p.meal_id, "updated")?;
-            effects.goal_days.push(s.day_of(p.eaten_at));
             Event::MealUpdated(types::MealUpdated {
                 header: blank_header(),
                 payload: types::MealUpdatedPayload {
@@ -596,13 +566,30 @@ pub(crate) fn decide(em: &mut Emitter<'_>, command: &Command) -> Result<(), Reje
         }
         Command::LogWater(c) => {
             let p = &c.payload;
-            effects.goal_days.push(s.day_of(p.drunk_at));
             Event::WaterIntakeLogged(types::WaterIntakeLogged {
                 header: blank_header(),
                 payload: types::WaterIntakeLoggedPayload {
                     intake_id: p.intake_id,
                     millilitres: p.millilitres,
                     drunk_at: p.drunk_at,
+                },
+            })
+        }
+        Command::RecordGoalMet(c) => {
+            let p = &c.payload;
+            if s.goals_met.contains(&(p.date, p.goal)) {
+                return Err(Rejection::rule(format!(
+                    "goal {:?} was already met on day {}",
+                    p.goal, p.date
+                )));
+            }
+            Event::NutritionGoalMet(types::NutritionGoalMet {
+                header: blank_header(),
+                payload: types::NutritionGoalMetPayload {
+                    date: p.date,
+                    goal: p.goal,
+                    target: p.target,
+                    achieved: p.achieved,
                 },
             })
         }
@@ -714,7 +701,7 @@ pub(crate) fn decide(em: &mut Emitter<'_>, command: &Command) -> Result<(), Reje
         }
     };
     em.emit(main)?;
-    derive(em, &effects)
+    derive(em)
 }
 
 fn live_meal(s: &UserState, id: &Uuid, verb: &str) -> Check {
@@ -742,14 +729,9 @@ fn active_quest<'s>(s: &'s UserState, id: &Uuid, verb: &str) -> Result<&'s Quest
     }
 }
 
-/// Appends the derived events, each applied before the next is computed: goals met, streak
-/// milestones, achievements, and last one level-up covering all XP the command brought.
-fn derive(em: &mut Emitter<'_>, effects: &Effects) -> Result<(), Rejection> {
-    for &day in &effects.goal_days {
-        for event in goals_met(state(em), day) {
-            em.emit(event)?;
-        }
-    }
+/// Appends the derived events, each applied before the next is computed: streak milestones,
+/// achievements, and last one level-up covering all XP the command brought.
+fn derive(em: &mut Emitter<'_>) -> Result<(), Rejection> {
     if let Some(streak) = state(em).and_then(|s| s.streak.clone()) {
         let days = streak.days();
         for &m in STREAK_MILESTONES {
@@ -797,41 +779,6 @@ fn derive(em: &mut Emitter<'_>, effects: &Effects) -> Result<(), Rejection> {
         }
     }
     Ok(())
-}
-
-fn goals_met(s: Option<&UserState>, day: i32) -> Vec<Event> {
-    let Some(s) = s else { return Vec::new() };
-    let (Some(goal), Some(totals)) = (s.goal_on(day), s.days.get(&day)) else {
-        return Vec::new();
-    };
-    let n = &totals.nutrients;
-    let candidates = [
-        (NutritionGoalKind::Energy, goal.energy_kcal, n.energy_kcal),
-        (NutritionGoalKind::Protein, goal.protein_g, n.protein_g),
-        (NutritionGoalKind::Fibre, goal.fibre_g, n.fibre_g),
-        (
-            NutritionGoalKind::Water,
-            goal.water_ml.map(f64::from),
-            totals.water_ml as f64,
-        ),
-    ];
-    candidates
-        .into_iter()
-        .filter_map(|(kind, target, achieved)| {
-            let target = target?;
-            (achieved >= target && !totals.goals_met.contains(&kind)).then(|| {
-                Event::NutritionGoalMet(types::NutritionGoalMet {
-                    header: blank_header(),
-                    payload: types::NutritionGoalMetPayload {
-                        date: day,
-                        goal: kind,
-                        target,
-                        achieved,
-                    },
-                })
-            })
-        })
-        .collect()
 }
 
 const PROFILE_FIELDS: &[&str] = &[
@@ -1005,6 +952,30 @@ fn validate_command(command: &Command) -> Check {
             c.payload.reason == types::MealDeletionReason::Unknown,
             "payload.reason",
         ),
+        Command::RecordGoalMet(c) => {
+            let p = &c.payload;
+            let max_target = match p.goal {
+                NutritionGoalKind::Energy => limits::MAX_GOAL_ENERGY_KCAL,
+                NutritionGoalKind::Protein | NutritionGoalKind::Fibre => {
+                    limits::MAX_GOAL_NUTRIENT_G
+                }
+                NutritionGoalKind::Water => f64::from(limits::MAX_GOAL_WATER_ML),
+                NutritionGoalKind::Unknown => return known(true, "payload.goal"),
+                NutritionGoalKind::Carbohydrate | NutritionGoalKind::Fat => {
+                    return Err(Rejection::validation(
+                        "payload.goal",
+                        format!(
+                            "payload.goal is {:?}, a ceiling; only a minimum (ENERGY, PROTEIN, \
+                             FIBRE, WATER) is met",
+                            p.goal
+                        ),
+                    ))
+                }
+            };
+            number(p.target, 0.0, true, max_target, "payload.target")?;
+            // Anything at or above the target: a day's total has no upper bound of its own.
+            number(p.achieved, p.target, false, f64::MAX, "payload.achieved")
+        }
         Command::LogWater(c) => {
             let p = &c.payload;
             validate::int_range(

@@ -191,6 +191,24 @@ pub(super) fn log_water(millilitres: i32, day: i64) -> Command {
     })
 }
 
+/// What the nutrition processor sends when day `DAY0 + day` reached `target` of `goal`.
+pub(super) fn record_goal_met(
+    day: i32,
+    goal: types::NutritionGoalKind,
+    target: f64,
+    achieved: f64,
+) -> Command {
+    Command::RecordGoalMet(types::RecordGoalMet {
+        header: user_header("nutrition.goal.met.record"),
+        payload: types::RecordGoalMetPayload {
+            date: DAY0 + day,
+            goal,
+            target,
+            achieved,
+        },
+    })
+}
+
 pub(super) fn start_quest(quest: u128) -> Command {
     Command::StartQuest(types::StartQuest {
         header: user_header("quest.start"),
@@ -444,6 +462,7 @@ pub(super) fn one_of_each() -> Vec<Command> {
         update_meal(1, 0, 600.0),
         delete_meal(1),
         log_water(250, 0),
+        record_goal_met(0, types::NutritionGoalKind::Water, 250.0, 250.0),
         start_quest(1),
         progress_quest(1, 1.0),
         complete_quest(1, 10),

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use dietstream_schemas::types::{FeedbackTargetKind, Reaction};
+use dietstream_schemas::types::{FeedbackTargetKind, NutritionGoalKind, Reaction};
 use dietstream_schemas::{Command, Event};
 use proptest::prelude::*;
 
@@ -16,6 +16,14 @@ const ZONES: &[&str] = &[
     "Europe/Berlin",
     "Pacific/Auckland",
     "America/Los_Angeles",
+];
+
+/// The goals `nutrition.goal.met.record` accepts.
+const GOALS_MET: &[NutritionGoalKind] = &[
+    NutritionGoalKind::Energy,
+    NutritionGoalKind::Protein,
+    NutritionGoalKind::Fibre,
+    NutritionGoalKind::Water,
 ];
 
 fn user_command() -> impl Strategy<Value = Command> {
@@ -31,6 +39,9 @@ fn user_command() -> impl Strategy<Value = Command> {
             g.water_ml = Some(w);
             g.effective_from = DAY0 + d;
         })),
+        2 => (-3i32..12, 0usize..GOALS_MET.len(), 1u32..3000, 0u32..500).prop_map(
+            |(d, k, t, over)| record_goal_met(d, GOALS_MET[k], f64::from(t), f64::from(t + over))
+        ),
         2 => (1i32..400).prop_map(award_xp),
         1 => (0u128..4).prop_map(start_quest),
         1 => (0u128..4, 0u32..10).prop_map(|(q, p)| progress_quest(q, f64::from(p))),

@@ -1,5 +1,5 @@
-//! USER aggregate: validation, rules and the derived events (goals, streaks, achievements,
-//! levels).
+//! USER aggregate: validation, rules, goals met and the derived events (streaks,
+//! achievements, levels).
 
 use dietstream_schemas::types::{self, NutritionGoalKind};
 use dietstream_schemas::{Command, Event};
@@ -349,15 +349,15 @@ fn updating_or_deleting_a_deleted_meal_is_a_rule_violation() {
 }
 
 #[test]
-fn update_and_delete_move_the_daily_totals() {
+fn update_and_delete_move_and_mark_the_meal() {
     let mut g = fed_user();
     g.run(log_meal(1, 0, 400.0));
-    assert_eq!(user(&g).days[&DAY0].nutrients.energy_kcal, 500.0);
+    assert_eq!(user(&g).meals[&id(1)].day, DAY0);
     g.run(update_meal(1, 1, 300.0));
-    assert_eq!(user(&g).days[&DAY0].nutrients.energy_kcal, 100.0);
-    assert_eq!(user(&g).days[&(DAY0 + 1)].nutrients.energy_kcal, 300.0);
+    let meal = user(&g).meals[&id(1)];
+    assert_eq!((meal.day, meal.nutrients.energy_kcal), (DAY0 + 1, 300.0));
     g.run(delete_meal(1));
-    assert_eq!(user(&g).days[&(DAY0 + 1)].nutrients.energy_kcal, 0.0);
+    assert!(user(&g).meals[&id(1)].deleted);
 }
 
 // ---- quest rules ----
@@ -468,150 +468,153 @@ fn goal_met(e: &Event) -> (i32, NutritionGoalKind, f64, f64) {
 }
 
 #[test]
-fn meal_that_reaches_the_energy_goal_appends_goal_met_once_per_day() {
+fn logs_that_reach_a_target_no_longer_append_goal_met() {
+    // The nutrition processor judges the days and sends nutrition.goal.met.record.
     let mut g = with_goals();
-    g.run(log_meal(1, 0, 1500.0));
-    let then = g.when(log_meal(2, 0, 600.0));
-    let events = then.then_types(&[
-        "nutrition.meal.logged",
-        "nutrition.goal.met",
-        "user.achievement.unlocked",
-    ]);
+    g.when(log_meal_items(1, T0, vec![item(2100.0, 60.0)]))
+        .then_types(&["nutrition.meal.logged"]);
+    g.run(log_meal(2, 0, 1000.0));
+    g.when(update_meal(2, 0, 2200.0))
+        .then_types(&["nutrition.meal.updated"]);
+    g.when(log_water(2500, 0))
+        .then_types(&["nutrition.water.logged"]);
+    assert!(user(&g).goals_met.is_empty());
+}
+
+#[test]
+fn a_recorded_goal_met_appends_the_event_with_its_values_and_unlocks_the_first_achievement() {
+    let mut g = with_goals();
+    let events = g
+        .when(record_goal_met(
+            0,
+            NutritionGoalKind::Energy,
+            2000.0,
+            2100.0,
+        ))
+        .then_types(&["nutrition.goal.met", "user.achievement.unlocked"])
+        .to_vec();
     assert_eq!(
-        goal_met(&events[1]),
+        goal_met(&events[0]),
         (DAY0, NutritionGoalKind::Energy, 2000.0, 2100.0)
     );
-    g.run(log_meal(2, 0, 600.0));
-    g.when(log_meal(3, 0, 600.0))
-        .then_types(&["nutrition.meal.logged"]);
-    // Deleting and logging again does not re-announce the day.
-    g.run(delete_meal(1));
-    g.when(log_meal(4, 0, 2000.0))
-        .then_types(&["nutrition.meal.logged"]);
-    // Another day is a new chance.
-    g.when(log_meal(5, 1, 2500.0))
-        .then_types(&["nutrition.meal.logged", "nutrition.goal.met"]);
-}
-
-#[test]
-fn below_the_goal_nothing_is_derived() {
-    with_goals()
-        .when(log_meal(1, 0, 1999.0))
-        .then_types(&["nutrition.meal.logged"]);
-}
-
-#[test]
-fn several_goals_met_by_one_meal_each_get_an_event() {
-    let g = with_goals();
-    let c = log_meal_items(1, T0, vec![item(2100.0, 60.0)]);
-    let events = g
-        .when(c)
-        .then_types(&[
-            "nutrition.meal.logged",
-            "nutrition.goal.met",
-            "nutrition.goal.met",
-            "user.achievement.unlocked",
-        ])
-        .to_vec();
-    assert_eq!(goal_met(&events[1]).1, NutritionGoalKind::Energy);
-    assert_eq!(goal_met(&events[2]).1, NutritionGoalKind::Protein);
-}
-
-#[test]
-fn water_and_meal_updates_can_meet_goals() {
-    let mut g = with_goals();
-    g.run(log_water(1500, 0));
-    let events = g
-        .when(log_water(500, 0))
-        .then_types(&[
-            "nutrition.water.logged",
-            "nutrition.goal.met",
-            "user.achievement.unlocked",
-        ])
-        .to_vec();
-    g.run(log_water(500, 0));
+    g.run(record_goal_met(
+        0,
+        NutritionGoalKind::Energy,
+        2000.0,
+        2100.0,
+    ));
+    let s = user(&g);
+    assert!(s.achievements.contains("first-goal-met"));
     assert_eq!(
-        goal_met(&events[1]),
-        (DAY0, NutritionGoalKind::Water, 2000.0, 2000.0)
+        s.goals_met.iter().copied().collect::<Vec<_>>(),
+        [(DAY0, NutritionGoalKind::Energy)]
     );
-    g.run(log_meal(1, 0, 1000.0));
-    g.when(update_meal(1, 0, 2200.0))
-        .then_types(&["nutrition.meal.updated", "nutrition.goal.met"]);
 }
 
 #[test]
-fn first_goal_met_unlocks_its_achievement() {
+fn a_goal_met_again_for_the_same_day_and_goal_is_a_rule_violation() {
     let mut g = with_goals();
-    let events = g.run(log_meal(1, 0, 2000.0));
-    let types: Vec<_> = events.iter().map(Event::record_type).collect();
-    assert_eq!(
-        types,
-        [
-            "nutrition.meal.logged",
-            "nutrition.goal.met",
-            "user.achievement.unlocked"
-        ]
-    );
-    assert!(user(&g).achievements.contains("first-goal-met"));
+    g.run(record_goal_met(0, NutritionGoalKind::Water, 2000.0, 2000.0));
+    // A resent command (or one with other figures) for the same day and goal changes nothing.
+    g.when(record_goal_met(0, NutritionGoalKind::Water, 2000.0, 2000.0))
+        .then_violates();
+    g.when(record_goal_met(0, NutritionGoalKind::Water, 1500.0, 3000.0))
+        .then_violates();
+    // Another goal of that day, or the same goal on another day, is new.
+    g.when(record_goal_met(0, NutritionGoalKind::Protein, 50.0, 60.0))
+        .then_types(&["nutrition.goal.met"]);
+    g.when(record_goal_met(1, NutritionGoalKind::Water, 2000.0, 2100.0))
+        .then_types(&["nutrition.goal.met"]);
 }
 
 #[test]
-fn goals_apply_from_their_first_day_on() {
-    let g = with_goals();
-    g.when(log_meal(1, -1, 3000.0))
-        .then_types(&["nutrition.meal.logged"]);
-    let mut g = with_goals();
-    g.run(goal(|g| {
-        g.energy_kcal = Some(3000.0);
-        g.effective_from = DAY0 + 2;
-    }));
-    g.when(log_meal(1, 1, 2500.0)).then_types(&[
-        "nutrition.meal.logged",
-        "nutrition.goal.met",
-        "user.achievement.unlocked",
-    ]);
-    g.when(log_meal(1, 2, 2500.0))
-        .then_types(&["nutrition.meal.logged"]);
+fn a_goal_met_is_recorded_whatever_the_aggregate_knows_of_that_day() {
+    // The day is the nutrition processor's (UTC) and so are its figures: the aggregate does
+    // not judge them again, with or without a goal or a meal of its own.
+    given([register()])
+        .when(record_goal_met(-500, NutritionGoalKind::Fibre, 25.0, 30.0))
+        .then_types(&["nutrition.goal.met", "user.achievement.unlocked"]);
 }
 
 #[test]
-fn days_count_in_the_users_time_zone() {
+fn a_goal_met_for_an_unknown_user_is_refused() {
+    nothing()
+        .when(record_goal_met(
+            0,
+            NutritionGoalKind::Energy,
+            2000.0,
+            2100.0,
+        ))
+        .then_rejected(types::RejectionReason::UnknownAggregate);
+}
+
+#[test]
+fn goal_met_values_are_validated() {
+    use NutritionGoalKind::{Carbohydrate, Energy, Fat, Protein, Unknown, Water};
+    let g = given([register()]);
+    let cases = [
+        ("payload.goal", Unknown, 100.0, 100.0),
+        ("payload.goal", Carbohydrate, 200.0, 150.0),
+        ("payload.goal", Fat, 70.0, 70.0),
+        ("payload.target", Energy, 0.0, 10.0),
+        ("payload.target", Protein, -5.0, 10.0),
+        ("payload.target", Energy, f64::NAN, 10.0),
+        ("payload.target", Energy, 20_001.0, 30_000.0),
+        ("payload.target", Water, 20_001.0, 30_000.0),
+        ("payload.achieved", Energy, 2000.0, 1999.5),
+        ("payload.achieved", Water, 2000.0, f64::NAN),
+        ("payload.achieved", Water, 2000.0, f64::INFINITY),
+    ];
+    for (field, kind, target, achieved) in cases {
+        g.when(record_goal_met(0, kind, target, achieved))
+            .then_invalid(field);
+    }
+    g.when(record_goal_met(0, Energy, 2000.0, 2000.0))
+        .then_types(&["nutrition.goal.met", "user.achievement.unlocked"]);
+}
+
+#[test]
+fn meal_days_count_in_the_users_time_zone() {
     // 2024-03-01T12:00Z is already 2024-03-02 01:00 in Auckland (UTC+13).
-    let mut g = given([register_in("Pacific/Auckland"), log_meal(100, -40, 10.0)]);
-    g.run(goal(|g| {
-        g.energy_kcal = Some(1000.0);
-        g.effective_from = DAY0 + 1;
-    }));
-    let events = g
-        .when(log_meal(1, 0, 1000.0))
-        .then_types(&[
-            "nutrition.meal.logged",
-            "nutrition.goal.met",
-            "user.achievement.unlocked",
-        ])
-        .to_vec();
-    assert_eq!(goal_met(&events[1]).0, DAY0 + 1);
-    let g = given([register_in("America/Los_Angeles")]);
-    let mut g2 = g;
-    g2.run(log_meal(1, 0, 10.0));
+    let mut g = given([register_in("Pacific/Auckland")]);
+    g.run(log_meal(1, 0, 1000.0));
+    assert_eq!(user(&g).meals[&id(1)].day, DAY0 + 1);
+    let mut g = given([register_in("America/Los_Angeles")]);
+    g.run(log_meal(1, 0, 10.0));
     assert!(
-        user(&g2).days.contains_key(&DAY0),
+        user(&g).days.contains_key(&DAY0),
         "04:00 the same day in Los Angeles"
     );
 }
 
 #[test]
-fn only_recent_days_are_kept_and_old_days_never_meet_goals() {
+fn only_recent_days_are_kept() {
     let mut g = with_goals();
-    g.run(log_meal(1, 0, 10.0));
+    g.run(log_water(500, 0));
     g.run(with(log_meal(2, i64::from(DAY_WINDOW) + 5, 10.0), |c| {
         c.header_mut().issued_at = T0 + 100 * DAY;
     }));
     let s = user(&g);
     assert!(!s.days.contains_key(&DAY0), "pruned");
     assert!(s.days.len() <= DAY_WINDOW as usize);
-    g.when(log_meal(3, 0, 5000.0))
-        .then_types(&["nutrition.meal.logged"]);
+    // The goals met are not pruned with the days: an old day cannot be met twice.
+    let mut g = with_goals();
+    g.run(record_goal_met(
+        0,
+        NutritionGoalKind::Energy,
+        2000.0,
+        2000.0,
+    ));
+    g.run(with(log_meal(2, i64::from(DAY_WINDOW) + 5, 10.0), |c| {
+        c.header_mut().issued_at = T0 + 100 * DAY;
+    }));
+    g.when(record_goal_met(
+        0,
+        NutritionGoalKind::Energy,
+        2000.0,
+        2000.0,
+    ))
+    .then_violates();
 }
 
 // ---- streaks ----
