@@ -904,35 +904,34 @@ async fn batches_of_a_trickle(fixture: &Fixture, flush_interval: Duration, logs:
         ..LoopConfig::default()
     };
     let (processor, stop, registry, _) = fixture.start_with(&group, Water::default(), config).await;
-    // Assigned first: records that wait for the assignment would arrive all at once.
     let deadline = Instant::now() + TIMEOUT;
-    while registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == "dietstream_assigned_partitions")
-        .flat_map(|f| f.get_metric())
-        .all(|m| m.get_gauge().get_value() < f64::from(PARTITIONS))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no assignment within {TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let written = |records: f64| {
+        let (processor, registry) = (&processor, &registry);
+        async move {
+            while batches(registry).1 < records {
+                assert!(
+                    !processor.is_finished() && Instant::now() < deadline,
+                    "{records} records not written within {TIMEOUT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // The loop is reading (assigned, its positions found) once a first record is written:
+    // records produced before that would arrive all at once.
+    let (user, first) = (common::unique_name("trickle"), common::unique_name("first"));
+    let (_, written_before) = batches(&registry);
+    fixture
+        .produce_event(&water(&first, 1, DAY_START, 100))
+        .await;
+    written(written_before + 1.0).await;
     let (before, written_before) = batches(&registry);
-    let user = common::unique_name("trickle");
     for v in 1..=logs {
         fixture
             .produce_event(&water(&user, v, DAY_START + v * HOUR, 100))
             .await;
     }
-    while batches(&registry).1 < written_before + logs as f64 {
-        assert!(
-            !processor.is_finished() && Instant::now() < deadline,
-            "the trickle was not written within {TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    written(written_before + logs as f64).await;
     stop.send(()).expect("processor still running");
     processor
         .await
