@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use scylla::value::{CqlDate, CqlTimestamp, CqlValue};
 use serde::{Deserialize, Serialize};
 
-use crate::projection::{Partial, PartialTable, Row, Sum};
+use crate::projection::{Partial, PartialTable, Row, Sum, Table};
 use crate::store::Stored;
 
 /// How the state-table entity of a partial row starts.
@@ -124,6 +124,44 @@ impl Partials {
     }
 }
 
+/// The column that ends the key of every partial table.
+pub const SOURCE_PARTITION: &str = "source_partition";
+
+/// What is wrong with a projection's partial tables, as (table, problem): each must be one of
+/// `tables`, with [`SOURCE_PARTITION`] as its last key column and one [`Sum`] per value
+/// column. [`crate::store::Store::prepare`] refuses a projection with any. (A table keyed by
+/// the source partition need not be partial: an entity may be one per source partition.)
+pub fn declaration_problems(tables: &[Table], partials: &[PartialTable]) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for partial in partials {
+        match tables.iter().find(|t| t.name == partial.name) {
+            None => problems.push((
+                partial.name.to_owned(),
+                "declared as partial but not one of the projection's tables".to_owned(),
+            )),
+            Some(table) => {
+                if table.key.last() != Some(&SOURCE_PARTITION) {
+                    problems.push((
+                        table.name.to_owned(),
+                        format!("a partial table's last key column must be {SOURCE_PARTITION}"),
+                    ));
+                }
+                if partial.sums.len() != table.values.len() {
+                    problems.push((
+                        table.name.to_owned(),
+                        format!(
+                            "{} sums declared for {} value columns",
+                            partial.sums.len(),
+                            table.values.len()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// The row to write for a partial row's sums: its key with `partition` appended, its sums in
 /// their columns' CQL types; a delete when every sum is zero (no contribution left). A table
 /// not declared in `declared` has its sums written as `bigint`.
@@ -164,6 +202,48 @@ pub fn row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DAYS: Table = Table {
+        name: "days",
+        key: &["day", SOURCE_PARTITION],
+        values: &["millilitres", "users"],
+    };
+    const USERS: Table = Table {
+        name: "users",
+        key: &["user_id"],
+        values: &["millilitres"],
+    };
+
+    #[test]
+    fn partial_tables_must_be_known_keyed_and_summed_column_by_column() {
+        let right = [PartialTable {
+            name: "days",
+            sums: &[Sum::BigInt, Sum::Int],
+        }];
+        assert_eq!(declaration_problems(&[DAYS, USERS], &right), vec![]);
+        assert_eq!(declaration_problems(&[DAYS, USERS], &[]), vec![]);
+        let short = [PartialTable {
+            name: "days",
+            sums: &[Sum::BigInt],
+        }];
+        let problems = declaration_problems(&[DAYS], &short);
+        assert!(
+            problems[0].1.contains("1 sums declared for 2"),
+            "{problems:?}"
+        );
+        let unkeyed = [PartialTable {
+            name: "users",
+            sums: &[Sum::BigInt],
+        }];
+        let problems = declaration_problems(&[USERS], &unkeyed);
+        assert!(problems[0].1.contains("last key column"), "{problems:?}");
+        let unknown = [PartialTable {
+            name: "weeks",
+            sums: &[],
+        }];
+        let problems = declaration_problems(&[], &unknown);
+        assert!(problems[0].1.contains("not one of"), "{problems:?}");
+    }
 
     fn partial(day: i32, deltas: Vec<i64>) -> Partial {
         Partial {

@@ -62,6 +62,15 @@ pub enum StoreError {
         /// What is wrong.
         problem: String,
     },
+    /// A projection's partial tables are declared wrongly (see
+    /// [`crate::partials::declaration_problems`]): a bug in the projection.
+    #[error("partial table {table} is declared wrongly: {problem}")]
+    BadPartials {
+        /// The table.
+        table: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// A stored state does not parse as the projection's state: the state table was written
     /// by an incompatible version. Rebuild with `dietstream replay`.
     #[error("state of {entity} in {source_partition} does not parse: {message}")]
@@ -199,6 +208,13 @@ impl Store {
         keyspace: &str,
         generation: u32,
     ) -> Result<Store, StoreError> {
+        if let Some((table, problem)) =
+            crate::partials::declaration_problems(projection.tables(), projection.partials())
+                .into_iter()
+                .next()
+        {
+            return Err(StoreError::BadPartials { table, problem });
+        }
         let prepare = |text: String| {
             let session = Arc::clone(&session);
             async move {
