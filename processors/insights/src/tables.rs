@@ -187,16 +187,11 @@ pub fn acceptance_partial(
     old: &Acceptance,
     new: &Acceptance,
 ) -> Option<Partial> {
-    let deltas = vec![
-        new.shown.wrapping_sub(old.shown),
-        new.feedback.wrapping_sub(old.feedback),
-        new.accepted.wrapping_sub(old.accepted),
-        new.rejected.wrapping_sub(old.rejected),
-        new.rating_sum.wrapping_sub(old.rating_sum),
-    ];
-    deltas.iter().any(|d| *d != 0).then(|| Partial {
-        table: ACCEPTANCE_ALL_USERS,
-        key: vec![CqlValue::Text(kind_name(kind).to_owned())],
-        deltas,
-    })
+    let sums = |a: &Acceptance| [a.shown, a.feedback, a.accepted, a.rejected, a.rating_sum];
+    Partial::between(
+        ACCEPTANCE_ALL_USERS,
+        vec![CqlValue::Text(kind_name(kind).to_owned())],
+        &sums(old),
+        &sums(new),
+    )
 }

@@ -276,16 +276,7 @@ pub fn contribution(state: &UserNutrition, day: i32) -> Contribution {
 /// The change of a user's share of `day`'s partial row from `old` to `new`; `None` when
 /// nothing changes.
 pub fn day_partial(day: i32, old: &Contribution, new: &Contribution) -> Option<Partial> {
-    let deltas: Vec<i64> = new
-        .iter()
-        .zip(old)
-        .map(|(n, o)| n.wrapping_sub(*o))
-        .collect();
-    deltas.iter().any(|d| *d != 0).then(|| Partial {
-        table: DAILY_ALL_USERS,
-        key: vec![cql_date(day)],
-        deltas,
-    })
+    Partial::between(DAILY_ALL_USERS, vec![cql_date(day)], old, new)
 }
 
 fn period_row(table: &'static str, user: &str, first: i32, period: &PeriodFigures) -> Row {

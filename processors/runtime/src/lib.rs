@@ -1,8 +1,9 @@
 //! What every dietstream processor shares: the seed's retry policy, dead letters, the
-//! [`Projection`] contract (with its [partial rows](projection#partial-rows)), the CQL [`Store`], the consume loop ([`consume::run`]), the
-//! Prometheus metrics a processor reports ([`ProcessorMetrics`]) and the endpoint that serves
-//! them with the health checks ([`serve`], [`Health`], configured by [`MetricsConfig`]), and
-//! the generations of a read model that a rebuild switches between ([`generation`]).
+//! [`Projection`] contract (with its [partial rows](projection#partial-rows)), the CQL
+//! [`Store`], the consume loop ([`consume::run`]), the Prometheus metrics a processor reports
+//! ([`ProcessorMetrics`]) and the endpoint that serves them with the health checks
+//! ([`serve`], [`Health`], configured by [`MetricsConfig`]), and the generations of a read
+//! model that a rebuild switches between ([`generation`]).
 
 pub mod config;
 pub mod consume;

@@ -185,6 +185,26 @@ pub struct Partial {
     pub deltas: Vec<i64>,
 }
 
+impl Partial {
+    /// The change of an entity's contribution to the row `key` of `table` from `old` to
+    /// `new` (both in [`Table::values`] order and each column's [`Sum`] unit); `None` when
+    /// nothing changes. Wrapping: the deltas still sum to the contributions exactly.
+    pub fn between(
+        table: &'static str,
+        key: Vec<CqlValue>,
+        old: &[i64],
+        new: &[i64],
+    ) -> Option<Partial> {
+        let deltas: Vec<i64> = new
+            .iter()
+            .zip(old)
+            .map(|(n, o)| n.wrapping_sub(*o))
+            .collect();
+        let changed = deltas.iter().any(|d| *d != 0);
+        changed.then_some(Partial { table, key, deltas })
+    }
+}
+
 /// The header of a command of type `T` that a projection sends on behalf of `user` because of
 /// the event `cause`: issued at the event's time (`apply` has no clock), caused by it, in its
 /// correlation. `command_id` must be derived from the causing event (DESIGN decision 3), so a

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::errors::{ExecutionError, PagerExecutionError, PrepareError};
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
@@ -363,11 +364,14 @@ impl Store {
         for (entity, stored) in states {
             // Plain data serialises to JSON without failing (no maps with non-string keys).
             let state = serde_json::to_vec(&stored.state).map_err(|e| failed(e.to_string()))?;
-            encoded.push((source, entity.as_str(), state, stored.applied_offset));
+            encoded.push((
+                &self.save,
+                (source, entity.as_str(), state, stored.applied_offset),
+            ));
         }
         let sizes: Vec<usize> = encoded
             .iter()
-            .map(|(_, entity, state, _)| entity.len() + state.len() + 2 * CELL_OVERHEAD)
+            .map(|(_, (_, entity, state, _))| entity.len() + state.len() + 2 * CELL_OVERHEAD)
             .collect();
         let (encoded, observe, failed) = (&encoded, &observe, &failed);
         // Collected first, as in `write_all`: the loop spawns its writes, so they must be `Send`.
@@ -376,29 +380,34 @@ impl Store {
             .map(|chunk| async move {
                 let chunk = &encoded[chunk];
                 let started = Instant::now();
-                let result = if let [(source, entity, state, offset)] = chunk {
-                    self.session
-                        .execute_unpaged(&self.save, (source, entity, state, offset))
-                        .await
-                } else {
-                    let mut batch = Batch::new(BatchType::Unlogged);
-                    for _ in chunk {
-                        batch.append_statement(self.save.clone());
-                    }
-                    self.session.batch(&batch, chunk).await
-                };
+                let result = self.send_together(chunk).await;
                 let took = started.elapsed();
                 chunk.iter().for_each(|_| observe(took));
-                result
-                    .map(drop)
-                    .map_err(|e: ExecutionError| failed(e.to_string()))
+                result.map_err(|e| failed(e.to_string()))
             })
             .collect();
-        let results: Vec<Result<(), StoreError>> = futures::stream::iter(saves)
-            .buffer_unordered(max_in_flight.max(1))
-            .collect()
-            .await;
-        results.into_iter().collect()
+        all_done(saves, max_in_flight).await
+    }
+
+    /// Sends writes to one CQL partition as one request: alone, or as one unlogged batch,
+    /// which has one token, so its replicas apply it as one mutation.
+    async fn send_together<V: SerializeRow>(
+        &self,
+        writes: &[(&PreparedStatement, V)],
+    ) -> Result<(), ExecutionError> {
+        if let [(statement, values)] = writes {
+            return self
+                .session
+                .execute_unpaged(statement, values)
+                .await
+                .map(drop);
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for (statement, _) in writes {
+            batch.append_statement(PreparedStatement::clone(statement));
+        }
+        let values: Vec<&V> = writes.iter().map(|(_, values)| values).collect();
+        self.session.batch(&batch, values).await.map(drop)
     }
 
     /// Writes `rows` (each checked with [`Store::check`] first), at most `max_in_flight`
@@ -461,22 +470,12 @@ impl Store {
         let writes: Vec<_> = requests
             .into_iter()
             .map(|request| async move {
+                let writes: Vec<_> = request
+                    .iter()
+                    .map(|index| (bound[*index].0, &bound[*index].1))
+                    .collect();
                 let started = Instant::now();
-                let result = if let [index] = request {
-                    let (statement, values) = &bound[*index];
-                    self.session
-                        .execute_unpaged(statement, values)
-                        .await
-                        .map(drop)
-                } else {
-                    let mut batch = Batch::new(BatchType::Unlogged);
-                    let mut values = Vec::with_capacity(request.len());
-                    for index in request {
-                        batch.append_statement((*bound[*index].0).clone());
-                        values.push(&bound[*index].1);
-                    }
-                    self.session.batch(&batch, values).await.map(drop)
-                };
+                let result = self.send_together(&writes).await;
                 let took = started.elapsed();
                 for index in request {
                     observe(rows[*index].table(), took);
@@ -492,11 +491,7 @@ impl Store {
                 })
             })
             .collect();
-        let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
-            .buffer_unordered(max_in_flight.max(1))
-            .collect()
-            .await;
-        results.into_iter().collect()
+        all_done(writes, max_in_flight).await
     }
 
     /// Checks a row against its table's declaration.
@@ -549,6 +544,19 @@ impl Store {
     pub fn session(&self) -> &Arc<Session> {
         &self.session
     }
+}
+
+/// Runs `requests` with at most `max_in_flight` in flight; the first error, once all have
+/// ended.
+async fn all_done<F>(requests: Vec<F>, max_in_flight: usize) -> Result<(), StoreError>
+where
+    F: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let results: Vec<Result<(), StoreError>> = futures::stream::iter(requests)
+        .buffer_unordered(max_in_flight.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 /// Splits items of these sizes, in order, into runs whose sizes add up to at most `budget`
