@@ -210,16 +210,27 @@ pub(crate) fn machine_ticks() -> (u64, u64) {
 }
 
 /// A process of the local stack, found by an argument of its command line (the Java main
-/// class: `kafka.Kafka`, `org.apache.cassandra.service.CassandraDaemon`).
+/// class: `kafka.Kafka`, `org.apache.cassandra.service.CassandraDaemon`). With `STACK_DIR` set
+/// (a second stack beside the default one), only a process with an argument under that
+/// directory counts.
 pub(crate) fn pid_with_arg(arg: &str) -> Option<u32> {
+    let stack_dir = std::env::var("STACK_DIR").ok().filter(|d| !d.is_empty());
     std::fs::read_dir("/proc")
         .ok()?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
         .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
-                .unwrap_or(false)
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.iter().any(|a| a == arg)
+                && stack_dir
+                    .as_deref()
+                    .is_none_or(|dir| args.iter().any(|a| a.contains(dir)))
         })
 }
 
