@@ -20,15 +20,14 @@ use std::path::Path;
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dead_letters, oracle, Stack};
+use common::{dead_letters, group_lag, group_of, lag, oracle, Stack};
 use dietstream::config::Config;
-use dietstream::kafka::GroupLag;
 use dietstream_runtime::Projection;
 use dietstream_schemas::catalog::Catalog;
 use dietstream_schemas::codec::{Codec, RECORD_TYPE_HEADER};
 use dietstream_schemas::types::{EventHeader, WaterIntakeLogged, WaterIntakeLoggedPayload};
 use dietstream_schemas::Event;
-use dietstream_topology::{partition_for, prefixed, Topology};
+use dietstream_topology::{partition_for, prefixed};
 use futures::future::join_all;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -258,34 +257,6 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
-}
-
-/// The group and topics of `processor` in the test's topology.
-fn group_of(config: &Config, processor: &str) -> (String, Vec<String>) {
-    let desired = Topology::embedded()
-        .and_then(|t| t.resolve(config.topology.profile, &config.topology.prefix))
-        .expect("topology");
-    let consumer = desired
-        .consumers
-        .iter()
-        .find(|c| c.processor == processor)
-        .expect("consumer");
-    (consumer.group.clone(), consumer.reads.clone())
-}
-
-async fn group_lag(config: &Config, processor: &str) -> GroupLag {
-    let kafka = config.kafka.client_config();
-    let (group, reads) = group_of(config, processor);
-    tokio::task::spawn_blocking(move || {
-        dietstream::kafka::group_lag(&kafka, &group, &reads, TIMEOUT)
-    })
-    .await
-    .expect("lag task")
-    .expect("lag")
-}
-
-async fn lag(config: &Config, processor: &str) -> i64 {
-    group_lag(config, processor).await.total()
 }
 
 /// Waits until the log has stopped growing and every processor of `running` has read all of

@@ -13,13 +13,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::{oracle, Stack};
 use dietstream_schemas::Event;
-use dietstream_topology::{prefixed, Topology};
+use dietstream_topology::prefixed;
 
-const TIMEOUT: Duration = Duration::from_secs(120);
 const PROCESSORS: [&str; 4] = ["nutrition", "engagement", "quests", "insights"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +40,7 @@ async fn every_read_model_equals_the_oracle_and_documented_queries_run() {
         async move { dietstream::run::commands(&config, commands_stopped).await }
     });
     let (stop_models, models_stopped) = shutdown();
-    let models = tokio::spawn({
+    let mut models = tokio::spawn({
         let config = config.clone();
         async move { dietstream::run::read_models(&config, &PROCESSORS, models_stopped).await }
     });
@@ -76,38 +73,13 @@ async fn every_read_model_equals_the_oracle_and_documented_queries_run() {
 
     // Every group caught up, and the command processor with the quests' commands, twice in
     // a row (the quests processor's commands add events after it caught up once).
-    let desired = Topology::embedded()
-        .and_then(|t| t.resolve(config.topology.profile, &config.topology.prefix))
-        .expect("topology");
-    let deadline = Instant::now() + TIMEOUT;
-    let mut quiet = 0;
-    while quiet < 2 {
-        let mut total = 0;
-        for processor in PROCESSORS.iter().chain(&["commands"]) {
-            let consumer = desired
-                .consumers
-                .iter()
-                .find(|c| c.processor == *processor)
-                .expect("consumer");
-            let kafka = config.kafka.client_config();
-            let (group, reads) = (consumer.group.clone(), consumer.reads.clone());
-            let lag = tokio::task::spawn_blocking(move || {
-                dietstream::kafka::group_lag(&kafka, &group, &reads, TIMEOUT)
-            })
-            .await
-            .expect("lag task")
-            .expect("lag");
-            total += lag.total();
-        }
-        quiet = if total == 0 { quiet + 1 } else { 0 };
-        assert!(
-            !models.is_finished(),
-            "the processors stopped: {:?}",
-            models.await
-        );
-        assert!(Instant::now() < deadline, "lag {total}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    common::wait_caught_up(
+        &config,
+        &[&PROCESSORS[..], &["commands"]].concat(),
+        2,
+        &mut models,
+    )
+    .await;
 
     let topic = |name| prefixed(&config.topology.prefix, name);
     let user = common::events_of(&stack, &config, &topic("diet.events.user")).await;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use dietstream::config::Config;
 use dietstream_schemas::catalog::Catalog;
 use dietstream_schemas::codec::{Codec, CodecError};
-use dietstream_schemas::Event;
+use dietstream_schemas::{Command, Event};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -274,6 +274,66 @@ async fn check_reachable(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The consumer group of `processor` in `config`'s topology, and the topics it reads.
+pub fn group_of(config: &Config, processor: &str) -> (String, Vec<String>) {
+    let desired = dietstream_topology::Topology::embedded()
+        .and_then(|t| t.resolve(config.topology.profile, &config.topology.prefix))
+        .expect("topology");
+    let consumer = desired
+        .consumers
+        .iter()
+        .find(|c| c.processor == processor)
+        .expect("consumer");
+    (consumer.group.clone(), consumer.reads.clone())
+}
+
+/// How long a look at a group's lag may take.
+const LAG_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The committed offsets and ends of `processor`'s consumer group, as seen from outside it.
+pub async fn group_lag(config: &Config, processor: &str) -> dietstream::kafka::GroupLag {
+    let kafka = config.kafka.client_config();
+    let (group, reads) = group_of(config, processor);
+    tokio::task::spawn_blocking(move || {
+        dietstream::kafka::group_lag(&kafka, &group, &reads, LAG_TIMEOUT)
+    })
+    .await
+    .expect("lag task")
+    .expect("lag")
+}
+
+/// Records `processor`'s consumer group has not committed yet, over every topic it reads.
+pub async fn lag(config: &Config, processor: &str) -> i64 {
+    group_lag(config, processor).await.total()
+}
+
+/// Waits until the consumer groups of `processors` have committed the end of everything they
+/// read, `rounds` looks in a row (two when a processor's commands become events that another
+/// one reads); panics when `running`, the task running them, ends first, or after two minutes.
+pub async fn wait_caught_up<T: std::fmt::Debug>(
+    config: &Config,
+    processors: &[&str],
+    rounds: usize,
+    running: &mut tokio::task::JoinHandle<T>,
+) {
+    let deadline = Instant::now() + LAG_TIMEOUT;
+    let mut quiet = 0;
+    while quiet < rounds {
+        let mut total = 0;
+        for processor in processors {
+            total += lag(config, processor).await;
+        }
+        quiet = if total == 0 { quiet + 1 } else { 0 };
+        assert!(
+            !running.is_finished(),
+            "the processors stopped: {:?}",
+            running.await
+        );
+        assert!(Instant::now() < deadline, "lag {total}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// How long [`events_of`] may take.
 const EVENTS_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -294,11 +354,40 @@ pub async fn records_of(
     config: &Config,
     topic: &str,
 ) -> Vec<(i32, Result<Event, CodecError>)> {
-    let codec = Codec::new(
+    let codec = codec_of(config);
+    let mut events = Vec::new();
+    for (partition, payload) in payloads_of(stack, topic) {
+        events.push((partition, codec.decode_event(&payload).await));
+    }
+    events
+}
+
+/// Every command of `topic` (read committed), decoded, in log order per partition.
+pub async fn commands_of(stack: &Stack, config: &Config, topic: &str) -> Vec<Command> {
+    let codec = codec_of(config);
+    let mut commands = Vec::new();
+    for (_, payload) in payloads_of(stack, topic) {
+        commands.push(
+            codec
+                .decode_command(&payload)
+                .await
+                .expect("command decodes"),
+        );
+    }
+    commands
+}
+
+fn codec_of(config: &Config) -> Codec<dietstream_schemas::registry::ConfluentRegistry> {
+    Codec::new(
         config.schema_registry.registry().expect("registry"),
         &Catalog::embedded().expect("catalog"),
     )
-    .expect("codec");
+    .expect("codec")
+}
+
+/// The value of every record of `topic` (read committed) with its partition, in log order per
+/// partition.
+fn payloads_of(stack: &Stack, topic: &str) -> Vec<(i32, Vec<u8>)> {
     let consumer: BaseConsumer = stack
         .consumer_config()
         .set("isolation.level", "read_committed")
@@ -337,11 +426,7 @@ pub async fn records_of(
             }
         }
     }
-    let mut events = Vec::with_capacity(records.len());
-    for (partition, payload) in records {
-        events.push((partition, codec.decode_event(&payload).await));
-    }
-    events
+    records
 }
 
 /// This build's `dietstream` binary as a child process that reaches `config`'s stack, topology

@@ -8,7 +8,7 @@ use dietstream::config::Config;
 use dietstream_schemas::types::{
     MealItem, MealType, NutritionGoalKind, NutritionGoalUpdatedPayload,
 };
-use dietstream_schemas::Event;
+use dietstream_schemas::{Command, Event};
 use scylla::client::session::Session;
 use scylla::deserialize::row::DeserializeRow;
 use scylla::value::{CqlDate, CqlTimestamp};
@@ -320,56 +320,179 @@ impl Goal {
     }
 }
 
-/// Per user and UTC day, the figures of the day's meals (latest version of each meal not
-/// deleted), water and the goal status.
-pub fn nutrition_days(events: &[Event]) -> BTreeMap<(String, i64), Figures> {
-    let mut meals: HashMap<Uuid, (String, i64, MealType, Vec<MealItem>)> = HashMap::new();
-    let mut water: BTreeMap<(String, i64), i64> = BTreeMap::new();
-    let mut goals: HashMap<String, Vec<Goal>> = HashMap::new();
-    for event in events {
-        let user = event.header().aggregate_id.clone();
+/// Days of the nutrition README's window ("Closed days"): a user's days from the first of the
+/// month this many days before the newest day they logged a meal or water for are open.
+const NUTRITION_WINDOW_DAYS: i64 = 62;
+
+/// One user's nutrition as the README defines it, event by event: the meals (latest version,
+/// not deleted), water and goals of the open days, and the figures the closed days had when
+/// they closed (final).
+#[derive(Default)]
+struct NutritionUser {
+    /// The newest day a meal (logged or updated) or water was logged for.
+    newest: Option<i64>,
+    meals: HashMap<Uuid, (i64, MealType, Vec<MealItem>)>,
+    water: BTreeMap<i64, i64>,
+    goals: Vec<Goal>,
+    closed: BTreeMap<i64, Figures>,
+}
+
+impl NutritionUser {
+    fn open_from(&self) -> Option<i64> {
+        self.newest.map(|n| month_start(n - NUTRITION_WINDOW_DAYS))
+    }
+
+    fn is_open(&self, day: i64) -> bool {
+        self.open_from().is_none_or(|open| day >= open)
+    }
+
+    /// The goal in force on `day`: the last one set whose targets apply from it or earlier.
+    fn goal_on(&self, day: i64) -> Option<&Goal> {
+        self.goals.iter().rev().find(|g| g.from <= day)
+    }
+
+    /// The figures of an open `day` (or of a day closing now); `None` when nothing is logged.
+    fn figures(&self, day: i64) -> Option<Figures> {
+        let mut figures = Figures::default();
+        for (_, meal_type, items) in self.meals.values().filter(|(d, _, _)| *d == day) {
+            figures.add_items(*meal_type, items);
+        }
+        figures.water = self.water.get(&day).copied().unwrap_or(0);
+        if figures.meals == 0 && figures.water == 0 {
+            return None;
+        }
+        let goal = self.goal_on(day);
+        figures.goal_met = goal.and_then(|g| g.judge(&figures));
+        figures.goal = goal.cloned();
+        Some(figures)
+    }
+
+    fn open_days(&self) -> BTreeSet<i64> {
+        self.meals
+            .values()
+            .map(|(day, _, _)| *day)
+            .chain(self.water.keys().copied())
+            .filter(|day| self.is_open(*day))
+            .collect()
+    }
+
+    /// A meal or water logged for `day`: the clock moves to it if later, and the days that it
+    /// closes keep their figures.
+    fn advance(&mut self, day: i64) {
+        if self.newest.is_some_and(|newest| newest >= day) {
+            return;
+        }
+        let was_open = self.open_days();
+        self.newest = Some(day);
+        let closing: Vec<(i64, Figures)> = was_open
+            .into_iter()
+            .filter(|d| !self.is_open(*d))
+            .filter_map(|d| self.figures(d).map(|figures| (d, figures)))
+            .collect();
+        self.closed.extend(closing);
+    }
+
+    /// Applies one event of the user; returns the open days whose figures it may change.
+    fn apply(&mut self, event: &Event) -> BTreeSet<i64> {
+        let mut touched = BTreeSet::new();
         match event {
             Event::MealLogged(e) => {
                 let p = &e.payload;
-                let day = day_of(p.eaten_at);
-                meals.insert(p.meal_id, (user, day, p.meal_type, p.items.clone()));
+                return self.meal(p.meal_id, p.eaten_at, p.meal_type, &p.items);
             }
             Event::MealUpdated(e) => {
                 let p = &e.payload;
-                let day = day_of(p.eaten_at);
-                meals.insert(p.meal_id, (user, day, p.meal_type, p.items.clone()));
+                return self.meal(p.meal_id, p.eaten_at, p.meal_type, &p.items);
             }
             Event::MealDeleted(e) => {
-                meals.remove(&e.payload.meal_id);
+                let id = e.payload.meal_id;
+                if let Some(day) = self.meals.get(&id).map(|(day, _, _)| *day) {
+                    if self.is_open(day) {
+                        self.meals.remove(&id);
+                        touched.insert(day);
+                    }
+                }
             }
             Event::WaterIntakeLogged(e) => {
                 let day = day_of(e.payload.drunk_at);
-                *water.entry((user, day)).or_default() += i64::from(e.payload.millilitres);
+                self.advance(day);
+                if self.is_open(day) {
+                    *self.water.entry(day).or_default() += i64::from(e.payload.millilitres);
+                    touched.insert(day);
+                }
             }
             Event::NutritionGoalUpdated(e) => {
-                goals.entry(user).or_default().push(Goal::of(&e.payload));
+                let mut goal = Goal::of(&e.payload);
+                // A goal from a closed day applies from the first open day.
+                goal.from = goal.from.max(self.open_from().unwrap_or(goal.from));
+                let from = goal.from;
+                self.goals.push(goal);
+                touched.extend(self.open_days().into_iter().filter(|d| *d >= from));
             }
             _ => {}
         }
+        touched
     }
-    let mut days: BTreeMap<(String, i64), Figures> = BTreeMap::new();
-    for (user, day, meal_type, items) in meals.into_values() {
-        days.entry((user, day))
+
+    /// A meal logged, or its new version: the clock moves to its day; nothing else changes
+    /// when its current version is on a closed day; otherwise it leaves its day and joins the
+    /// day it was eaten on, where it counts if that day is open. (A meal kept on a closed day
+    /// counts nowhere, and a later version of it changes nothing.)
+    fn meal(
+        &mut self,
+        id: Uuid,
+        eaten_at: i64,
+        meal_type: MealType,
+        items: &[MealItem],
+    ) -> BTreeSet<i64> {
+        let meal = (day_of(eaten_at), meal_type, items.to_vec());
+        self.advance(meal.0);
+        let mut touched = BTreeSet::new();
+        if let Some(old) = self.meals.get(&id).map(|(day, _, _)| *day) {
+            if !self.is_open(old) {
+                return touched;
+            }
+            touched.insert(old);
+        }
+        if self.is_open(meal.0) {
+            touched.insert(meal.0);
+        }
+        self.meals.insert(id, meal);
+        touched
+    }
+
+    /// The figures of every day with a row: the closed days as they closed, the open ones now.
+    fn days(&self) -> BTreeMap<i64, Figures> {
+        let mut days = self.closed.clone();
+        for day in self.open_days() {
+            if let Some(figures) = self.figures(day) {
+                days.insert(day, figures);
+            }
+        }
+        days
+    }
+}
+
+/// Per user and UTC day, the figures of the day's meals (latest version of each meal not
+/// deleted), water and the goal status, with the README's closed days: events for a day
+/// before the open period change nothing, and a goal from a closed day applies from the first
+/// open day.
+pub fn nutrition_days(events: &[Event]) -> BTreeMap<(String, i64), Figures> {
+    let mut users: BTreeMap<String, NutritionUser> = BTreeMap::new();
+    for event in events {
+        users
+            .entry(event.header().aggregate_id.clone())
             .or_default()
-            .add_items(meal_type, &items);
+            .apply(event);
     }
-    for (key, ml) in water {
-        days.entry(key).or_default().water = ml;
-    }
-    for ((user, day), figures) in &mut days {
-        // The goal in force: the last one set whose targets apply from this day or earlier.
-        let goal = goals
-            .get(user)
-            .and_then(|g| g.iter().rev().find(|g| g.from <= *day));
-        figures.goal_met = goal.and_then(|g| g.judge(figures));
-        figures.goal = goal.cloned();
-    }
-    days
+    users
+        .into_iter()
+        .flat_map(|(user, log)| {
+            log.days()
+                .into_iter()
+                .map(move |(day, figures)| ((user.clone(), day), figures))
+        })
+        .collect()
 }
 
 /// Compares every nutrition table with the oracle: per user and day, per week and month, and
@@ -473,69 +596,32 @@ pub async fn check_nutrition(session: &Session, ks: &str, events: &[Event]) {
 }
 
 /// The minimum targets (energy, protein, fibre, water; above 0) each user's UTC days ever
-/// reached, judged after every event of the user in log order against the goal in force then:
-/// (user, day, goal) → the target. A day that drops below a target later still reached it.
-/// No day is closed (the tests' histories span a few game days).
+/// reached while open, judged after every event of the user in log order against the goal in
+/// force then: (user, day, goal) → the target. A day that drops below a target later still
+/// reached it; a closed day reaches nothing more.
 pub fn goals_reached(events: &[Event]) -> BTreeMap<(String, i64, NutritionGoalKind), f64> {
-    #[derive(Default)]
-    struct UserLog {
-        meals: HashMap<Uuid, (i64, Vec<MealItem>)>,
-        water: BTreeMap<i64, i64>,
-        goals: Vec<Goal>,
-    }
-    let mut users: HashMap<String, UserLog> = HashMap::new();
+    let mut users: HashMap<String, NutritionUser> = HashMap::new();
     let mut reached = BTreeMap::new();
     for event in events {
         let user = event.header().aggregate_id.clone();
         let log = users.entry(user.clone()).or_default();
-        match event {
-            Event::MealLogged(e) => {
-                let p = &e.payload;
-                log.meals
-                    .insert(p.meal_id, (day_of(p.eaten_at), p.items.clone()));
-            }
-            Event::MealUpdated(e) => {
-                let p = &e.payload;
-                log.meals
-                    .insert(p.meal_id, (day_of(p.eaten_at), p.items.clone()));
-            }
-            Event::MealDeleted(e) => {
-                log.meals.remove(&e.payload.meal_id);
-            }
-            Event::WaterIntakeLogged(e) => {
-                *log.water.entry(day_of(e.payload.drunk_at)).or_default() +=
-                    i64::from(e.payload.millilitres);
-            }
-            Event::NutritionGoalUpdated(e) => log.goals.push(Goal::of(&e.payload)),
-            _ => continue,
-        }
-        let days: BTreeSet<i64> = log
-            .meals
-            .values()
-            .map(|(day, _)| *day)
-            .chain(log.water.keys().copied())
-            .collect();
-        for day in days {
-            let Some(goal) = log.goals.iter().rev().find(|g| g.from <= day) else {
+        for day in log.apply(event) {
+            let (Some(goal), Some(figures)) = (log.goal_on(day), log.figures(day)) else {
                 continue;
             };
-            let (mut energy, mut protein, mut fibre) = (0.0, 0.0, 0.0);
-            for item in log
-                .meals
-                .values()
-                .filter(|(d, _)| *d == day)
-                .flat_map(|(_, items)| items)
-            {
-                energy += item.energy_kcal;
-                protein += item.protein_g;
-                fibre += item.fibre_g.unwrap_or(0.0);
-            }
-            let water = log.water.get(&day).copied().unwrap_or(0) as f64;
             for (kind, target, total) in [
-                (NutritionGoalKind::Energy, goal.energy, energy),
-                (NutritionGoalKind::Protein, goal.protein, protein),
-                (NutritionGoalKind::Fibre, goal.fibre, fibre),
-                (NutritionGoalKind::Water, goal.water.map(f64::from), water),
+                (NutritionGoalKind::Energy, goal.energy, figures.energy),
+                (NutritionGoalKind::Protein, goal.protein, figures.protein),
+                (
+                    NutritionGoalKind::Fibre,
+                    goal.fibre,
+                    figures.fibre.unwrap_or(0.0),
+                ),
+                (
+                    NutritionGoalKind::Water,
+                    goal.water.map(f64::from),
+                    figures.water as f64,
+                ),
             ] {
                 if let Some(target) = target.filter(|t| *t > 0.0 && total >= *t) {
                     reached.entry((user.clone(), day, kind)).or_insert(target);
@@ -550,8 +636,7 @@ pub fn goals_reached(events: &[Event]) -> BTreeMap<(String, i64, NutritionGoalKi
 /// target) that [`goals_reached`] finds, with that target and a total at least that high, and
 /// no other: the nutrition processor sent them, and its repeats were refused. Returns how many.
 pub fn check_goals_met(events: &[Event]) -> usize {
-    let want = goals_reached(events);
-    let mut got: BTreeMap<(String, i64, NutritionGoalKind), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut got = GoalsMet::new();
     for event in events {
         if let Event::NutritionGoalMet(e) = event {
             let p = &e.payload;
@@ -560,8 +645,32 @@ pub fn check_goals_met(events: &[Event]) -> usize {
                 .push((p.target, p.achieved));
         }
     }
+    compare_goals_met(events, &got, "nutrition.goal.met")
+}
+
+/// (user, day, goal) → (target, achieved) of each record saying it was met.
+type GoalsMet = BTreeMap<(String, i64, NutritionGoalKind), Vec<(f64, f64)>>;
+
+/// [`check_goals_met`] on the `nutrition.goal.met.record` commands the nutrition processor
+/// sent (when no command processor turned them into events): exactly one per (user, UTC day,
+/// minimum target) that [`goals_reached`] finds in `events`. Returns how many.
+pub fn check_goals_met_sent(events: &[Event], commands: &[Command]) -> usize {
+    let mut got = GoalsMet::new();
+    for command in commands {
+        if let Command::RecordGoalMet(c) = command {
+            let p = &c.payload;
+            got.entry((c.header.aggregate_id.clone(), i64::from(p.date), p.goal))
+                .or_default()
+                .push((p.target, p.achieved));
+        }
+    }
+    compare_goals_met(events, &got, "nutrition.goal.met.record")
+}
+
+fn compare_goals_met(events: &[Event], got: &GoalsMet, what: &str) -> usize {
+    let want = goals_reached(events);
     let mut problems = Vec::new();
-    for (key, met) in &got {
+    for (key, met) in got {
         match (want.get(key), met.as_slice()) {
             (None, _) => problems.push(format!("{key:?}: met {met:?}, never reached")),
             (Some(target), [(t, achieved)]) if close(*t, *target) && achieved >= t => {}
@@ -569,7 +678,7 @@ pub fn check_goals_met(events: &[Event]) -> usize {
         }
     }
     for key in want.keys().filter(|k| !got.contains_key(*k)) {
-        problems.push(format!("{key:?}: reached, no nutrition.goal.met"));
+        problems.push(format!("{key:?}: reached, no {what}"));
     }
     assert!(
         problems.is_empty(),
@@ -1415,6 +1524,10 @@ fn condition_held(definition: &str, period_day: i64, events: &[&Event]) -> bool 
 
 // --- insights ----------------------------------------------------------------------------
 
+/// Days (by `period_end`, before the newest insight's) the insights processor remembers an
+/// insight's kind for the feedback on it (README "Feedback and acceptance").
+const INSIGHT_FEEDBACK_DAYS: i64 = 90;
+
 /// What [`check_insights`] checked.
 #[derive(Debug, Clone, Default)]
 pub struct InsightsChecked {
@@ -1447,18 +1560,7 @@ pub async fn check_insights(
     user_events: &[Event],
     ai_events: &[Event],
 ) -> InsightsChecked {
-    let mut checked = InsightsChecked::default();
-
-    // (a) rows and events, one to one.
-    let rows = json_rows(
-        session,
-        format!(
-            "SELECT JSON user_id, insight_id, insight_kind, rule, period_start, period_end, \
-             confidence FROM {ks}.insights_by_user"
-        ),
-    )
-    .await;
-    let mut created: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut created = Created::new();
     for event in ai_events {
         if let Event::AiInsightCreated(e) = event {
             created
@@ -1470,6 +1572,59 @@ pub async fn check_insights(
                 ));
         }
     }
+    check_insights_against(
+        session,
+        ks,
+        user_events,
+        ai_events,
+        &created,
+        "ai.insight.created",
+    )
+    .await
+}
+
+/// The insights a log says were made: insight id → the (user, kind) of each record of it.
+pub type Created = BTreeMap<String, Vec<(String, String)>>;
+
+/// The `CreateInsight` commands of `commands` as [`Created`].
+pub fn insights_asked(commands: &[Command]) -> Created {
+    let mut asked = Created::new();
+    for command in commands {
+        if let Command::CreateInsight(c) = command {
+            asked
+                .entry(c.payload.insight_id.to_string())
+                .or_default()
+                .push((
+                    c.header.aggregate_id.clone(),
+                    kind_text(&c.payload.insight_kind),
+                ));
+        }
+    }
+    asked
+}
+
+/// [`check_insights`] with (a) against `created`, the records (`what`: the events or the
+/// commands) that say which insights were made, and (b) from the acceptance events of
+/// `ai_events` alone.
+pub async fn check_insights_against(
+    session: &Session,
+    ks: &str,
+    user_events: &[Event],
+    ai_events: &[Event],
+    created: &Created,
+    what: &str,
+) -> InsightsChecked {
+    let mut checked = InsightsChecked::default();
+
+    // (a) rows and records, one to one.
+    let rows = json_rows(
+        session,
+        format!(
+            "SELECT JSON user_id, insight_id, insight_kind, rule, period_start, period_end, \
+             confidence FROM {ks}.insights_by_user"
+        ),
+    )
+    .await;
     let mut problems = Vec::new();
     let mut row_ids = BTreeSet::new();
     let mut drawn = BTreeMap::new();
@@ -1481,15 +1636,13 @@ pub async fn check_insights(
         }
         match created.get(&id).map(Vec::as_slice) {
             Some([only]) if *only == (user.clone(), kind.clone()) => {}
-            other => problems.push(format!(
-                "row {user} {kind} {id}: ai.insight.created events {other:?}"
-            )),
+            other => problems.push(format!("row {user} {kind} {id}: {what} {other:?}")),
         }
         let key = (user, text("rule"), text("period_start"), text("period_end"));
         drawn.insert(key, row["confidence"].as_f64());
     }
     for id in created.keys().filter(|id| !row_ids.contains(*id)) {
-        problems.push(format!("ai.insight.created {id} without a row"));
+        problems.push(format!("{what} {id} without a row"));
     }
     assert!(
         problems.is_empty(),
@@ -1499,22 +1652,31 @@ pub async fn check_insights(
     checked.insights = rows.len();
 
     // (b) acceptance per user and kind: shown, feedback, accepted, rejected, rating sum.
-    let mut kinds: HashMap<Uuid, String> = HashMap::new();
+    // Per user: the kind and period end of each insight, and the newest period end.
+    type Remembered = (HashMap<Uuid, (String, i64)>, i64);
+    let mut kinds: HashMap<String, Remembered> = HashMap::new();
     let mut acceptance: BTreeMap<(String, String), [i64; 5]> = BTreeMap::new();
     for event in ai_events {
         let user = event.header().aggregate_id.clone();
+        let (insights, newest) = kinds
+            .entry(user.clone())
+            .or_insert((HashMap::new(), i64::MIN));
         match event {
             Event::AiInsightCreated(e) => {
                 let kind = kind_text(&e.payload.insight_kind);
-                kinds.insert(e.payload.insight_id, kind.clone());
+                let end = i64::from(e.payload.period_end);
+                *newest = (*newest).max(end);
+                insights.insert(e.payload.insight_id, (kind.clone(), end));
                 acceptance.entry((user, kind)).or_default()[0] += 1;
             }
             Event::AiFeedbackReceived(e) if kind_text(&e.payload.target_kind) == "INSIGHT" => {
                 let p = &e.payload;
-                let kind = kinds
+                // The kind of an insight whose period ended more than FEEDBACK_DAYS before the
+                // newest insight's is forgotten (README "Feedback and acceptance").
+                let kind = insights
                     .get(&p.target_id)
-                    .cloned()
-                    .unwrap_or_else(|| "UNKNOWN".to_owned());
+                    .filter(|(_, end)| *end >= *newest - INSIGHT_FEEDBACK_DAYS)
+                    .map_or_else(|| "UNKNOWN".to_owned(), |(kind, _)| kind.clone());
                 let accepts = p.helpful == Some(true) || (p.helpful.is_none() && p.rating >= 4);
                 let rejects = p.helpful == Some(false) || (p.helpful.is_none() && p.rating <= 2);
                 let counts = acceptance.entry((user, kind)).or_default();

@@ -270,7 +270,9 @@ fn energy_vs_goal(w: &Window) -> Option<Finding> {
 fn protein_vs_goal(w: &Window) -> Option<Finding> {
     let goal = w.goal?.protein_g.filter(|g| *g > 0.0)?;
     let (days, avg) = w.meal_average(|d| d.protein_g)?;
-    let shortfall = 1.0 - avg / goal;
+    // (goal − average) / goal, not 1 − average / goal: the latter rounds an exact 20% (72 g of
+    // 90 g) to just under 0.2, and "at least 20% short" would not fire.
+    let shortfall = (goal - avg) / goal;
     if shortfall < PROTEIN_SHORTFALL {
         return None;
     }
@@ -312,7 +314,8 @@ fn hydration_deficit(w: &Window) -> Option<Finding> {
         .filter(|t| *t > 0)
         .map_or(DEFAULT_WATER_ML, f64::from);
     let avg = active.iter().map(|d| d.water_ml as f64).sum::<f64>() / active.len() as f64;
-    let shortfall = 1.0 - avg / target;
+    // As for protein: the shortfall's exact value decides at the threshold.
+    let shortfall = (target - avg) / target;
     if shortfall < WATER_SHORTFALL {
         return None;
     }

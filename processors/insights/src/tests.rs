@@ -274,17 +274,21 @@ fn energy_twenty_percent_under_the_goal_is_an_insight_twelve_is_not() {
     assert_eq!(only(&window(vec![day_with(1000.0, 1); 7], None)), None);
 }
 
-#[test]
-fn protein_forty_percent_short_is_an_insight_fifteen_is_not() {
-    let g = Some(goal_of(None, Some(100.0), None));
-    let day = |protein_g: f64| DayTotals {
+/// A day with one meal of `protein_g` grams of protein and balanced other macros.
+fn protein_day(protein_g: f64) -> DayTotals {
+    DayTotals {
         protein_g,
         carbohydrate_g: protein_g * 3.0,
         fat_g: protein_g * 0.8,
         meals: 1,
         ..DayTotals::default()
-    };
-    let short = only(&window(vec![day(60.0); 7], g)).expect("an insight");
+    }
+}
+
+#[test]
+fn protein_forty_percent_short_is_an_insight_fifteen_is_not() {
+    let g = Some(goal_of(None, Some(100.0), None));
+    let short = only(&window(vec![protein_day(60.0); 7], g)).expect("an insight");
     assert_eq!(short.rule, Rule::ProteinVsGoal);
     assert_eq!(short.confidence, 0.75);
     assert!(
@@ -295,7 +299,18 @@ fn protein_forty_percent_short_is_an_insight_fifteen_is_not() {
     assert!(short
         .explanation
         .contains("40% short of your goal of 100 g"));
-    assert_eq!(only(&window(vec![day(85.0); 7], g)), None);
+    assert_eq!(only(&window(vec![protein_day(85.0); 7], g)), None);
+}
+
+#[test]
+fn protein_exactly_twenty_percent_short_is_an_insight() {
+    // 72 g is 20% short of 90 g: "at least 20% short" holds, although 1 - 72/90 rounds to
+    // just under 0.2 in floating point (the shortfall is computed as (goal - average) / goal).
+    let g = Some(goal_of(None, Some(90.0), None));
+    let short = only(&window(vec![protein_day(72.0); 7], g)).expect("an insight");
+    assert_eq!(short.rule, Rule::ProteinVsGoal);
+    assert_eq!(short.confidence, 0.5);
+    assert_eq!(only(&window(vec![protein_day(72.5); 7], g)), None);
 }
 
 #[test]

@@ -100,8 +100,10 @@ impl NutritionProjection {
 
 /// What one event changes in a user's state, validated.
 enum Change {
-    /// A meal logged or updated: its new version replaces any previous one.
+    /// A meal logged: it replaces any previous version.
     Meal(Uuid, Meal),
+    /// A meal's new version, replacing the one the state holds.
+    MealUpdated(Uuid, Meal),
     /// A meal deleted.
     MealDeleted(Uuid),
     /// Water drunk on a day, ml.
@@ -199,21 +201,13 @@ fn check_items(items: &[MealItem]) -> Result<(), RuleError> {
 
 impl Change {
     /// A meal logged or updated, validated.
-    fn meal(
-        id: Uuid,
-        meal_type: MealType,
-        eaten_at: i64,
-        items: &[MealItem],
-    ) -> Result<Change, RuleError> {
+    fn meal(meal_type: MealType, eaten_at: i64, items: &[MealItem]) -> Result<Meal, RuleError> {
         check_items(items)?;
-        Ok(Change::Meal(
-            id,
-            Meal {
-                day: day_of(eaten_at, "eaten_at")?,
-                meal_type,
-                nutrients: Nutrients::of_items(items),
-            },
-        ))
+        Ok(Meal {
+            day: day_of(eaten_at, "eaten_at")?,
+            meal_type,
+            nutrients: Nutrients::of_items(items),
+        })
     }
 
     /// The change an event makes, or the rule it breaks; `None` for an event it ignores.
@@ -221,11 +215,11 @@ impl Change {
         let change = match event {
             Event::MealLogged(e) => {
                 let p = &e.payload;
-                Change::meal(p.meal_id, p.meal_type, p.eaten_at, &p.items)?
+                Change::Meal(p.meal_id, Change::meal(p.meal_type, p.eaten_at, &p.items)?)
             }
             Event::MealUpdated(e) => {
                 let p = &e.payload;
-                Change::meal(p.meal_id, p.meal_type, p.eaten_at, &p.items)?
+                Change::MealUpdated(p.meal_id, Change::meal(p.meal_type, p.eaten_at, &p.items)?)
             }
             Event::MealDeleted(e) => Change::MealDeleted(e.payload.meal_id),
             Event::WaterIntakeLogged(e) => {
@@ -327,14 +321,14 @@ impl Projection for NutritionProjection {
         // The stream's clock is the newest day a meal or a drink is logged for, as in the
         // command processor's window: the game's days, not the time the event was written.
         match &change {
-            Change::Meal(_, meal) => state.advance(meal.day, window),
+            Change::Meal(_, meal) | Change::MealUpdated(_, meal) => state.advance(meal.day, window),
             Change::Water(day, _) => state.advance(*day, window),
             Change::MealDeleted(_) | Change::Goal(_) => {}
         }
         // The user's share of the across-users rows of every day the change may touch, before
         // it: the partial rows take the difference.
         let candidates: Vec<i32> = match &change {
-            Change::Meal(id, meal) => state
+            Change::Meal(id, meal) | Change::MealUpdated(id, meal) => state
                 .meals
                 .get(id)
                 .map(|old| old.day)
@@ -351,7 +345,13 @@ impl Projection for NutritionProjection {
             .collect();
         let mut touched = BTreeSet::new();
         match change {
-            Change::Meal(id, meal) => {
+            // The user aggregate updates only meals logged and not deleted, and the state holds
+            // every such meal of the open days: a meal it does not hold is on a closed day
+            // (logged for one, moved to one, or dropped with one), and is final.
+            Change::MealUpdated(id, _) if !state.meals.contains_key(&id) => {
+                return Ok(Effects::default());
+            }
+            Change::Meal(id, meal) | Change::MealUpdated(id, meal) => {
                 if let Some(old) = state.meals.get(&id) {
                     // A meal of a closed day is final.
                     if !state.is_open(old.day, window) {

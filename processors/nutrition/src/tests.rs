@@ -176,10 +176,17 @@ fn goal(user: &str, v: i64, now: i32, effective_from: i32, t: Targets) -> Event 
 
 /// Delivers the events of one user in partition 0 at offsets 0, 1, … and commits.
 fn run(events: &[Event]) -> MemoryRun<crate::state::UserNutrition> {
-    let projection = NutritionProjection::new();
+    run_with(&NutritionProjection::new(), events)
+}
+
+/// [`run`] with `projection`.
+fn run_with(
+    projection: &NutritionProjection,
+    events: &[Event],
+) -> MemoryRun<crate::state::UserNutrition> {
     let mut run = MemoryRun::new();
     for (offset, event) in events.iter().enumerate() {
-        run.deliver(&projection, TOPIC, 0, offset as i64, event);
+        run.deliver(projection, TOPIC, 0, offset as i64, event);
     }
     run.commit();
     assert!(run.rejected().is_empty(), "{:?}", run.rejected());
@@ -589,17 +596,16 @@ fn a_new_goal_judges_the_logged_days_from_its_first_day_again() {
 fn days_before_the_open_period_are_final() {
     let user = "u1";
     let projection = NutritionProjection::with_config(NutritionConfig { window_days: 10 });
-    let mut run = MemoryRun::new();
-    let events = [
-        lunch(user, 1, 1, BASE_DAY, 500.0),
-        // Sixty days later: November is closed.
-        lunch(user, 2, 2, BASE_DAY + 60, 100.0),
-        deleted(user, 3, 1, BASE_DAY + 60),
-        lunch(user, 4, 3, BASE_DAY + 1, 100.0),
-    ];
-    for (offset, event) in events.iter().enumerate() {
-        run.deliver(&projection, TOPIC, 0, offset as i64, event);
-    }
+    let run = run_with(
+        &projection,
+        &[
+            lunch(user, 1, 1, BASE_DAY, 500.0),
+            // Sixty days later: November is closed.
+            lunch(user, 2, 2, BASE_DAY + 60, 100.0),
+            deleted(user, 3, 1, BASE_DAY + 60),
+            lunch(user, 4, 3, BASE_DAY + 1, 100.0),
+        ],
+    );
     assert_eq!(
         daily(run.tables(), user, BASE_DAY).expect("row")[0],
         d(500.0)
@@ -607,6 +613,48 @@ fn days_before_the_open_period_are_final() {
     assert_eq!(daily(run.tables(), user, BASE_DAY + 1), None);
     let state = run.state(TOPIC, 0, user).expect("state");
     assert_eq!(state.meals.len(), 1, "closed meals are dropped");
+}
+
+#[test]
+fn a_closed_days_meal_moved_to_an_open_day_changes_nothing() {
+    let user = "u1";
+    let projection = NutritionProjection::with_config(NutritionConfig { window_days: 10 });
+    let later = BASE_DAY + 60;
+    let run = run_with(
+        &projection,
+        &[
+            lunch(user, 1, 1, BASE_DAY, 500.0),
+            lunch(user, 2, 2, later, 100.0),
+            // Meal 1's day is closed and the state has dropped it: moving it to an open day
+            // does not add it there (its closed day keeps it, final).
+            updated(
+                user,
+                3,
+                1,
+                later,
+                MealType::Lunch,
+                &[food(700.0, 1.0, 1.0, 1.0)],
+            ),
+            // Meal 3 is logged for a closed day (so never counted), then moved to an open day.
+            lunch(user, 4, 3, BASE_DAY + 1, 300.0),
+            updated(
+                user,
+                5,
+                3,
+                later,
+                MealType::Lunch,
+                &[food(900.0, 1.0, 1.0, 1.0)],
+            ),
+        ],
+    );
+    assert_eq!(
+        daily(run.tables(), user, BASE_DAY).expect("row")[0],
+        d(500.0)
+    );
+    assert_eq!(daily(run.tables(), user, BASE_DAY + 1), None);
+    assert_eq!(daily(run.tables(), user, later).expect("row")[0], d(100.0));
+    let state = run.state(TOPIC, 0, user).expect("state");
+    assert_eq!(state.meals.len(), 1, "only the open day's meal");
 }
 
 #[test]
@@ -1044,8 +1092,15 @@ struct Played {
 impl Played {
     fn play(&mut self, u: usize, op: &Op) {
         match op {
-            Op::Log(s, day, _, f) | Op::Update(s, day, _, f) => {
+            Op::Log(s, day, _, f) => {
                 self.meals.insert((u, *s), (*day, f.clone()));
+            }
+            // The user aggregate refuses to update a meal never logged or deleted: such an
+            // event changes nothing.
+            Op::Update(s, day, _, f) => {
+                if let Some(meal) = self.meals.get_mut(&(u, *s)) {
+                    *meal = (*day, f.clone());
+                }
             }
             Op::Delete(s) => {
                 self.meals.remove(&(u, *s));
