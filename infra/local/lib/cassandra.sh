@@ -18,8 +18,8 @@ STACK_CASSANDRA_JMX_PORT="${STACK_CASSANDRA_JMX_PORT:-}"
 # 1: keep a class-data sharing archive of Cassandra's classes (made when the node first stops,
 # used by later starts: about a quarter less CPU to start). 0: none.
 STACK_CASSANDRA_CDS="${STACK_CASSANDRA_CDS:-1}"
-# Extra JVM options, split on spaces, added last, so they win (for example -XX:TieredStopAtLevel=4
-# to bring back the optimising compiler).
+# Extra JVM options, split on spaces, added last, so they win (for example -XX:TieredStopAtLevel=1
+# to keep to the quick JIT compiler: a cheaper start, a slower node).
 STACK_CASSANDRA_JVM_OPTS="${STACK_CASSANDRA_JVM_OPTS:-}"
 
 CASSANDRA_POM="$STACK_ROOT/maven/cassandra/pom.xml"
@@ -121,15 +121,16 @@ EOF
 # through Unsafe, which Cassandra 5.0 asks for as its fallback, and the CDS archive below needs
 # no agent. java.io.tmpdir: the native libraries (lz4, snappy, zstd, netty, jna) that the jars
 # unpack at each start stay under $STACK_DIR instead of piling up in /tmp.
-# -XX:TieredStopAtLevel=1 keeps to the quick JIT compiler (C1): on two cores the optimising one
-# (C2) doubles the CPU a start takes (20 s instead of 10) and competes with the workload for
-# minutes; a development node gains nothing from its last few percent of throughput.
+# Both JIT compilers, as in production. Keeping to the quick one (-XX:TieredStopAtLevel=1, the
+# default until 2026-11-27) halves the CPU a start takes, but measured on two cores with
+# `cargo bench --bench processors` (README, Performance) a warm node then spends about 1.8 times
+# the CPU per write: with C2, once warm, the nutrition processor ran 1.6 times as fast and the
+# raw upserts twice as fast. The first minutes of load are slower while C2 compiles.
 _cassandra_jvm_options() {
     local classpath="$1"
     grep -E '^-' "$CASSANDRA_JVM_OPTIONS_FILE"
     printf '%s\n' \
         "-Xms$STACK_CASSANDRA_HEAP" "-Xmx$STACK_CASSANDRA_HEAP" -Xss512k \
-        -XX:TieredStopAtLevel=1 \
         "-XX:HeapDumpPath=$CASSANDRA_HOME_DIR" "-XX:ErrorFile=$STACK_LOG_DIR/cassandra-hs_err_%p.log" \
         "-Djava.io.tmpdir=$CASSANDRA_HOME_DIR/tmp" \
         -Dcassandra-foreground=yes \
