@@ -35,7 +35,8 @@
 //! `engagement,quests,insights,nutrition`) chooses the processors whose R_pipe is measured, in
 //! order, the last one also running the freshness phase; `BENCH_CONSUME_ROUNDS` (default 3)
 //! how many times R_raw and R_dec are measured, alternating (the median round is reported,
-//! every round is in the JSON, with the CPU of this process per record).
+//! every round is in the JSON, with the CPU of this process per record and the time spent
+//! awaiting a batch's first record).
 
 mod common;
 
@@ -237,11 +238,15 @@ fn main() {
         let raw = rt.block_on(consume_only(&fresh, &topic, filled.records, false, round));
         let dec = rt.block_on(consume_only(&fresh, &topic, filled.records, true, round));
         eprintln!(
-            "bench: round {round}: R_raw {:.0} records/s ({:.2} µs CPU each), R_dec {:.0} records/s ({:.2} µs CPU each)",
+            "bench: round {round}: R_raw {:.0} records/s ({:.2} µs CPU each, {} batches, {:.2} s awaiting records), R_dec {:.0} records/s ({:.2} µs CPU each, {} batches, {:.2} s awaiting records)",
             raw.rate(),
             raw.cpu_micros_per_record(),
+            raw.batches,
+            raw.waited.as_secs_f64(),
             dec.rate(),
-            dec.cpu_micros_per_record()
+            dec.cpu_micros_per_record(),
+            dec.batches,
+            dec.waited.as_secs_f64()
         );
         raws.push(raw);
         decs.push(dec);
@@ -545,6 +550,9 @@ struct ConsumeFigures {
     from_first: Duration,
     decode_errors: u64,
     cpu_seconds: f64,
+    /// Time spent awaiting a batch's first record (none had arrived), and how many batches.
+    waited: Duration,
+    batches: u64,
 }
 
 impl ConsumeFigures {
@@ -590,11 +598,17 @@ async fn consume_only(
     let mut first = None;
     let mut seen = 0;
     let mut decode_errors = 0;
+    let (mut waited, mut batches) = (Duration::ZERO, 0);
     while seen < records {
+        let awaited = Instant::now();
         let message = tokio::time::timeout(TIMEOUT, consumer.recv())
             .await
             .unwrap_or_else(|_| panic!("{topic}: no record for {TIMEOUT:?} ({seen} read)"))
             .expect("record");
+        if first.is_some() {
+            waited += awaited.elapsed();
+        }
+        batches += 1;
         first.get_or_insert_with(Instant::now);
         let mut batch = vec![message.detach()];
         while batch.len() < batch_size {
@@ -623,6 +637,8 @@ async fn consume_only(
         from_subscribe: end - subscribed,
         from_first: end - first.unwrap_or(subscribed),
         decode_errors,
+        waited,
+        batches,
         cpu_seconds: cpu_ticks("/proc/self/stat")
             .unwrap_or(0)
             .saturating_sub(cpu_start) as f64
@@ -1517,6 +1533,8 @@ impl Report<'_> {
                 "seconds_from_subscribe": c.from_subscribe.as_secs_f64(),
                 "records_per_second_from_subscribe": c.records as f64 / c.from_subscribe.as_secs_f64().max(1e-9),
                 "decode_errors": c.decode_errors,
+                "batches": c.batches,
+                "seconds_awaiting_a_first_record": c.waited.as_secs_f64(),
                 "process_cpu_seconds": c.cpu_seconds,
                 "process_cpu_microseconds_per_record": c.cpu_micros_per_record(),
             })
