@@ -238,15 +238,17 @@ fn main() {
         let raw = rt.block_on(consume_only(&fresh, &topic, filled.records, false, round));
         let dec = rt.block_on(consume_only(&fresh, &topic, filled.records, true, round));
         eprintln!(
-            "bench: round {round}: R_raw {:.0} records/s ({:.2} µs CPU each, {} batches, {:.2} s awaiting records), R_dec {:.0} records/s ({:.2} µs CPU each, {} batches, {:.2} s awaiting records)",
+            "bench: round {round}: R_raw {:.0} records/s ({:.2} µs CPU each, {} batches, {:.2} s awaiting records, longest wait {:.1} ms), R_dec {:.0} records/s ({:.2} µs CPU each, {} batches, {:.2} s awaiting records, longest wait {:.1} ms)",
             raw.rate(),
             raw.cpu_micros_per_record(),
             raw.batches,
             raw.waited.as_secs_f64(),
+            raw.longest_wait.as_secs_f64() * 1e3,
             dec.rate(),
             dec.cpu_micros_per_record(),
             dec.batches,
-            dec.waited.as_secs_f64()
+            dec.waited.as_secs_f64(),
+            dec.longest_wait.as_secs_f64() * 1e3,
         );
         raws.push(raw);
         decs.push(dec);
@@ -553,6 +555,8 @@ struct ConsumeFigures {
     /// Time spent awaiting a batch's first record (none had arrived), and how many batches.
     waited: Duration,
     batches: u64,
+    /// The longest of those waits.
+    longest_wait: Duration,
 }
 
 impl ConsumeFigures {
@@ -598,7 +602,7 @@ async fn consume_only(
     let mut first = None;
     let mut seen = 0;
     let mut decode_errors = 0;
-    let (mut waited, mut batches) = (Duration::ZERO, 0);
+    let (mut waited, mut batches, mut longest_wait) = (Duration::ZERO, 0, Duration::ZERO);
     while seen < records {
         let awaited = Instant::now();
         let message = tokio::time::timeout(TIMEOUT, consumer.recv())
@@ -606,7 +610,9 @@ async fn consume_only(
             .unwrap_or_else(|_| panic!("{topic}: no record for {TIMEOUT:?} ({seen} read)"))
             .expect("record");
         if first.is_some() {
-            waited += awaited.elapsed();
+            let wait = awaited.elapsed();
+            waited += wait;
+            longest_wait = longest_wait.max(wait);
         }
         batches += 1;
         first.get_or_insert_with(Instant::now);
@@ -639,6 +645,7 @@ async fn consume_only(
         decode_errors,
         waited,
         batches,
+        longest_wait,
         cpu_seconds: cpu_ticks("/proc/self/stat")
             .unwrap_or(0)
             .saturating_sub(cpu_start) as f64
@@ -1535,6 +1542,7 @@ impl Report<'_> {
                 "decode_errors": c.decode_errors,
                 "batches": c.batches,
                 "seconds_awaiting_a_first_record": c.waited.as_secs_f64(),
+                "longest_wait_seconds": c.longest_wait.as_secs_f64(),
                 "process_cpu_seconds": c.cpu_seconds,
                 "process_cpu_microseconds_per_record": c.cpu_micros_per_record(),
             })

@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use dietstream_runtime::consume::refetch_promptly;
 use dietstream_schemas::codec::Codec;
 use dietstream_schemas::registry::SchemaRegistry;
 use dietstream_schemas::types::AggregateSnapshot;
@@ -223,8 +224,7 @@ fn read_to_end(
 ) -> Result<(), ProcessorError> {
     let mut readers = Vec::new();
     for topic in topics {
-        let consumer: BaseConsumer<RestoreContext> = kafka
-            .clone()
+        let consumer: BaseConsumer<RestoreContext> = refetch_promptly(&mut kafka.clone())
             // librdkafka needs a group to assign partitions; this one never commits anything.
             .set("group.id", format!("{group}.restore"))
             .set("enable.auto.commit", "false")

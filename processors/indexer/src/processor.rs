@@ -31,6 +31,7 @@ use uuid::Uuid;
 
 use crate::tables::{aggregate_type_name, cql_date, cql_timestamp, Statements};
 use crate::{IndexerConfig, IndexerError};
+use dietstream_runtime::consume::refetch_promptly;
 use dietstream_runtime::dead_letter::{dead_letter_headers, Rejection};
 use dietstream_schemas::headers::DeadLetter;
 
@@ -159,8 +160,7 @@ pub async fn run<R: SchemaRegistry>(
     }
 
     let statements = Statements::prepare(&session, keyspace).await?;
-    let consumer: StreamConsumer<RebalanceLog> = kafka
-        .clone()
+    let consumer: StreamConsumer<RebalanceLog> = refetch_promptly(&mut kafka.clone())
         .set("group.id", &topics.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
