@@ -7,11 +7,14 @@ use std::{env, fs};
 
 use rsgen_avro::{Generator, Source};
 
+include!("build_positional.rs");
+
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let avro_dir = manifest.join("avro");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets it"));
     println!("cargo:rerun-if-changed={}", avro_dir.display());
+    println!("cargo:rerun-if-changed=build_positional.rs");
 
     let mut files: Vec<PathBuf> = fs::read_dir(&avro_dir)
         .expect("schemas/avro exists")
@@ -37,9 +40,23 @@ fn main() {
     embedded.push(']');
     fs::write(out.join("avsc_files.rs"), embedded).expect("write avsc_files.rs");
 
+    let types_code = generate_types(&avro_dir);
+    let schemas: Vec<serde_json::Value> = files
+        .iter()
+        .map(|path| {
+            let text = fs::read_to_string(path).expect("readable schema file");
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+        })
+        .collect();
+    let (positional, readable) = positional_decoders(&schemas, &types_code);
+    fs::write(out.join("types.rs"), types_code).expect("write types.rs");
+    fs::write(out.join("positional.rs"), positional).expect("write positional.rs");
+
     // Top-level records (events, commands, the command result, the probe) know their full
     // name, so the codec can check a record's writer schema against the type asked for, and
-    // their dotted type, which travels in the `event_type` Kafka header.
+    // their dotted type, which travels in the `event_type` Kafka header. Those with a
+    // positional decoder name it.
     let mut records = String::new();
     let mut events = Vec::new();
     let mut commands = Vec::new();
@@ -63,9 +80,14 @@ fn main() {
             } else if json.get("dietstream.command_type").is_some() {
                 commands.push(type_name.to_owned());
             }
+            let positional = if readable.contains(full_name) {
+                "    const POSITIONAL: Option<crate::positional::ReadFn<Self>> = Some(crate::positional::decode::<Self>);\n"
+            } else {
+                ""
+            };
             writeln!(
                 records,
-                "impl crate::codec::Record for crate::types::{type_name} {{\n    const FULL_NAME: &'static str = {full_name:?};\n    const RECORD_TYPE: &'static str = {record_type:?};\n}}"
+                "impl crate::codec::Record for crate::types::{type_name} {{\n    const FULL_NAME: &'static str = {full_name:?};\n    const RECORD_TYPE: &'static str = {record_type:?};\n{positional}}}"
             )
             .expect("write to string");
         }
@@ -79,8 +101,6 @@ fn main() {
         &commands,
     ));
     fs::write(out.join("envelopes.rs"), envelopes).expect("write envelopes.rs");
-
-    generate_types(&avro_dir, &out.join("types.rs"));
 }
 
 /// `enum <name>` with one variant per event (or command) record, named and typed like the
@@ -125,9 +145,9 @@ fn envelope_enum(name: &str, what: &str, header: &str, variants: &[String]) -> S
          \x20   pub fn record_type(&self) -> &'static str {{\n        match self {{\n{rtype}        }}\n    }}\n\n\
          \x20   /// Encodes the record for `topic` (see [`crate::codec::Codec::encode`]).\n\
          \x20   pub async fn encode<R: crate::registry::SchemaRegistry>(&self, codec: &crate::codec::Codec<R>, topic: &str) -> Result<Vec<u8>, crate::codec::CodecError> {{\n        match self {{\n{enc}        }}\n    }}\n\n\
-         \x20   /// Decodes `body` as the record `full_name` written with `schema`; `None` when\n\
-         \x20   /// `full_name` is not a {what}.\n\
-         \x20   pub(crate) fn decode_as(full_name: &str, body: &[u8], schema: &serde_avro_fast::Schema) -> Option<Result<{name}, serde_avro_fast::de::DeError>> {{\n        Some(match full_name {{\n{dec}            _ => return None,\n        }})\n    }}\n}}\n",
+         \x20   /// Decodes `body` as the record `full_name` written with `schema` (see\n\
+         \x20   /// [`crate::codec::Writer`]); `None` when `full_name` is not a {what}.\n\
+         \x20   pub(crate) fn decode_as(full_name: &str, body: &[u8], writer: &crate::codec::Writer) -> Option<Result<{name}, String>> {{\n        Some(match full_name {{\n{dec}            _ => return None,\n        }})\n    }}\n}}\n",
         names = variants
             .iter()
             .map(|v| format!("<crate::types::{v} as crate::codec::Record>::FULL_NAME"))
@@ -141,7 +161,7 @@ fn envelope_enum(name: &str, what: &str, header: &str, variants: &[String]) -> S
         dec = variants
             .iter()
             .map(|v| format!(
-                "            <crate::types::{v} as crate::codec::Record>::FULL_NAME => serde_avro_fast::from_datum_slice(body, schema).map({name}::{v}),\n"
+                "            <crate::types::{v} as crate::codec::Record>::FULL_NAME => writer.decode(body).map({name}::{v}),\n"
             ))
             .collect::<String>(),
     )
@@ -149,7 +169,7 @@ fn envelope_enum(name: &str, what: &str, header: &str, variants: &[String]) -> S
     code
 }
 
-fn generate_types(avro_dir: &Path, target: &Path) {
+fn generate_types(avro_dir: &Path) -> String {
     let pattern = format!("{}/*.avsc", avro_dir.display());
     let generator = Generator::builder().build().expect("rsgen-avro generator");
     let mut code = Vec::new();
@@ -157,7 +177,7 @@ fn generate_types(avro_dir: &Path, target: &Path) {
         panic!("cannot generate Rust types from {pattern}: {e}");
     }
     let code = String::from_utf8(code).expect("generated code is UTF-8");
-    fs::write(target, name_union_variants(&code, avro_dir)).expect("write types.rs");
+    name_union_variants(&code, avro_dir)
 }
 
 /// rsgen-avro names the variants of a union of records after the records' short names, but

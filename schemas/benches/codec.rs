@@ -1,6 +1,8 @@
 //! Encode and decode cost per record, for a small event (water logged), a typical one (a meal
-//! of three foods) and a large one (a meal of twenty), through the codec (serde_avro_fast,
-//! writer schema cached) and, for comparison, through `apache_avro::Value`.
+//! of three foods) and a large one (a meal of twenty), through the codec (writer schema cached;
+//! the writer is this build's schema, so it decodes positionally), and for comparison through
+//! `serde_avro_fast` with the same writer schema (the codec's path for other writers) and
+//! through `apache_avro::Value`.
 //!
 //! Run: `cargo bench -p dietstream-schemas --bench codec`. The registry is the in-memory one,
 //! so nothing but the codec is measured once its caches are warm.
@@ -14,6 +16,7 @@ use dietstream_schemas::types::{MealLogged, WaterIntakeLogged};
 use futures::FutureExt;
 use serde_json::json;
 use std::hint::black_box;
+use std::str::FromStr;
 
 fn header(event_type: &str) -> serde_json::Value {
     json!({
@@ -97,6 +100,13 @@ fn bench_record<T: Record + PartialEq + std::fmt::Debug>(
                 .now_or_never()
                 .expect("cached writer")
                 .expect("decode")
+        })
+    });
+    let text = catalog.expanded(T::FULL_NAME).expect("expands");
+    let writer = serde_avro_fast::Schema::from_str(&text).expect("serde_avro_fast schema");
+    group.bench_function(BenchmarkId::new("decode", "serde_avro_fast"), |b| {
+        b.iter(|| {
+            serde_avro_fast::from_datum_slice::<T>(black_box(&bytes[5..]), &writer).expect("decode")
         })
     });
     let reader = GenericDatumReader::builder(&schema)

@@ -8,6 +8,7 @@
 //! only a registry that does not answer is retryable.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock};
 
 use serde::de::DeserializeOwned;
@@ -26,6 +27,9 @@ pub trait Record: Serialize + DeserializeOwned {
     /// `command.result`): the value of the [`RECORD_TYPE_HEADER`] Kafka header, so that a
     /// processor can skip records it does not need without decoding them.
     const RECORD_TYPE: &'static str;
+    /// The generated decoder that reads the fields in this build's order
+    /// ([`crate::positional`]); `None` for a record it cannot read (a union of records).
+    const POSITIONAL: Option<crate::positional::ReadFn<Self>> = None;
 }
 
 /// The Kafka header that carries [`Record::RECORD_TYPE`] on every dietstream record.
@@ -34,8 +38,7 @@ pub const RECORD_TYPE_HEADER: &str = "event_type";
 include!(concat!(env!("OUT_DIR"), "/records.rs"));
 
 /// Decodes a body as the named record when the name is one of `T`'s variants.
-type DecodeAs<T> =
-    fn(&str, &[u8], &serde_avro_fast::Schema) -> Option<Result<T, serde_avro_fast::de::DeError>>;
+type DecodeAs<T> = fn(&str, &[u8], &Writer) -> Option<Result<T, String>>;
 
 /// The magic byte that starts every Confluent wire-format record.
 pub const MAGIC_BYTE: u8 = 0;
@@ -103,22 +106,87 @@ impl CodecError {
 }
 
 /// A writer schema as fetched from the registry.
-struct WriterSchema {
+pub(crate) struct Writer {
     full_name: String,
     schema: serde_avro_fast::Schema,
+    /// The schema has the Parsing Canonical Form of this build's schema of `full_name`: the
+    /// body is read positionally ([`crate::positional`]) when the type has a reader.
+    same_as_local: bool,
+}
+
+impl Writer {
+    /// The writer schema `text` of the record `full_name`; `local` is this build's schema of
+    /// that record, if it knows one.
+    pub(crate) fn new(
+        full_name: String,
+        text: &str,
+        local: Option<&str>,
+    ) -> Result<Writer, String> {
+        let schema = parse(text)?;
+        let same_as_local =
+            local.is_some_and(|local| canonical_form(text).is_ok_and(|c| c == local));
+        Ok(Writer {
+            full_name,
+            schema,
+            same_as_local,
+        })
+    }
+
+    /// Decodes a body this schema wrote as a `T` (whose full name the caller has checked).
+    pub(crate) fn decode<T: Record>(&self, body: &[u8]) -> Result<T, String> {
+        match T::POSITIONAL {
+            Some(read) if self.same_as_local => read(body).map_err(|e| e.to_string()),
+            _ => serde_avro_fast::from_datum_slice(body, &self.schema).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// A record type's own schema, as this build knows it.
 struct LocalSchema {
     text: String,
     schema: serde_avro_fast::Schema,
+    /// Its Parsing Canonical Form.
+    canonical: String,
+}
+
+/// The Parsing Canonical Form of a schema: what decides the binary layout of its values.
+pub(crate) fn canonical_form(text: &str) -> Result<String, String> {
+    apache_avro::Schema::parse_str(text)
+        .map(|schema| schema.canonical_form())
+        .map_err(|e| e.to_string())
+}
+
+/// Hashes the schema ids of the writer cache, looked up once per decoded record: ids are small
+/// integers, which a multiplication spreads at a fraction of SipHash's cost. Only ids the
+/// registry resolved are ever inserted, so flooding the map with chosen keys is not possible.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*byte));
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.write_u64(u64::from(id));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// Encodes and decodes records through a schema registry.
 pub struct Codec<R> {
     registry: R,
     local: HashMap<String, LocalSchema>,
-    writers: RwLock<HashMap<u32, Arc<WriterSchema>>>,
+    writers: RwLock<HashMap<u32, Arc<Writer>, BuildHasherDefault<IdHasher>>>,
     ids: RwLock<HashMap<String, u32>>,
 }
 
@@ -128,16 +196,25 @@ impl<R: SchemaRegistry> Codec<R> {
         let mut local = HashMap::new();
         for record in catalog.top_level_records() {
             let text = catalog.expanded(&record.name)?;
-            let schema = parse(&text).map_err(|reason| CatalogError::Codec {
+            let codec_error = |reason| CatalogError::Codec {
                 name: record.name.clone(),
                 reason,
-            })?;
-            local.insert(record.name, LocalSchema { text, schema });
+            };
+            let schema = parse(&text).map_err(codec_error)?;
+            let canonical = canonical_form(&text).map_err(codec_error)?;
+            local.insert(
+                record.name,
+                LocalSchema {
+                    text,
+                    schema,
+                    canonical,
+                },
+            );
         }
         Ok(Codec {
             registry,
             local,
-            writers: RwLock::new(HashMap::new()),
+            writers: RwLock::new(HashMap::default()),
             ids: RwLock::new(HashMap::new()),
         })
     }
@@ -177,10 +254,10 @@ impl<R: SchemaRegistry> Codec<R> {
                 found: writer.full_name.clone(),
             });
         }
-        serde_avro_fast::from_datum_slice(body, &writer.schema).map_err(|e| CodecError::BadBody {
+        writer.decode(body).map_err(|reason| CodecError::BadBody {
             record: writer.full_name.clone(),
             id,
-            reason: e.to_string(),
+            reason,
         })
     }
 
@@ -246,18 +323,23 @@ impl<R: SchemaRegistry> Codec<R> {
         decode_as: DecodeAs<T>,
     ) -> Result<T, CodecError> {
         let (id, body) = split_header(bytes)?;
-        let writer = self.writer(id).await?;
-        match decode_as(&writer.full_name, body, &writer.schema) {
+        let decode = |writer: &Writer| match decode_as(&writer.full_name, body, writer) {
             None => Err(CodecError::UnexpectedType {
                 expected,
                 found: writer.full_name.clone(),
             }),
-            Some(decoded) => decoded.map_err(|e| CodecError::BadBody {
+            Some(decoded) => decoded.map_err(|reason| CodecError::BadBody {
                 record: writer.full_name.clone(),
                 id,
-                reason: e.to_string(),
+                reason,
             }),
+        };
+        // The hot path: a known writer, decoded under the read lock without touching its
+        // reference count.
+        if let Some(decoded) = read(&self.writers).get(&id).map(|w| decode(w)) {
+            return decoded;
         }
+        decode(&*self.writer(id).await?)
     }
 
     /// The full name of the record's writer schema, to choose the type to decode into.
@@ -283,7 +365,7 @@ impl<R: SchemaRegistry> Codec<R> {
         Ok(id)
     }
 
-    async fn writer(&self, id: u32) -> Result<Arc<WriterSchema>, CodecError> {
+    async fn writer(&self, id: u32) -> Result<Arc<Writer>, CodecError> {
         if let Some(writer) = read(&self.writers).get(&id) {
             return Ok(Arc::clone(writer));
         }
@@ -301,8 +383,8 @@ impl<R: SchemaRegistry> Codec<R> {
             serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let full_name = crate::catalog::defined_name(&json)
             .ok_or_else(|| bad("writer schema is not a named record".to_owned()))?;
-        let schema = parse(&text).map_err(bad)?;
-        let writer = Arc::new(WriterSchema { full_name, schema });
+        let local = self.local.get(&full_name).map(|l| l.canonical.as_str());
+        let writer = Arc::new(Writer::new(full_name, &text, local).map_err(bad)?);
         write(&self.writers).insert(id, Arc::clone(&writer));
         Ok(writer)
     }

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod compat;
 pub mod envelope;
 pub mod headers;
+pub mod positional;
 pub mod registry;
 
 pub use envelope::{Command, Event};
@@ -30,5 +31,7 @@ pub mod types {
 
 #[cfg(test)]
 mod datum;
+#[cfg(test)]
+mod positional_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,218 @@
+//! Decoders that read a record's fields in the order of this build's own schema, generated
+//! from the `.avsc` files by the build script.
+//!
+//! When a record's writer schema has the same Parsing Canonical Form as this build's schema of
+//! that record, the body holds exactly the fields of the generated type, in order: there is
+//! nothing to resolve. The codec then decodes with these readers instead of serde, which saves
+//! matching every field name and dispatching every value through a visitor. Any other writer
+//! (an older or newer schema) is decoded by `serde_avro_fast` with schema resolution, as
+//! before. Both paths give the same value for the same bytes, and fail on the same bytes: the
+//! tests compare them on random bodies of every record.
+//!
+//! Every read checks its bounds, and a length is never trusted for an allocation beyond the
+//! bytes that remain, so garbage gives an error, never a panic or a huge allocation.
+
+use std::collections::HashMap;
+
+/// Why a body could not be read positionally. Permanent: the same bytes fail the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PositionalError {
+    /// The body ends inside a value.
+    #[error("the body ends inside a {0}")]
+    Truncated(&'static str),
+    /// A variable-length integer runs past ten bytes.
+    #[error("a variable-length integer is longer than ten bytes")]
+    Varint,
+    /// An `int` outside the 32-bit range.
+    #[error("int {0} is out of range")]
+    IntRange(i64),
+    /// A negative length of a string or bytes.
+    #[error("negative length {0}")]
+    Length(i64),
+    /// A union branch or enum index outside the schema's.
+    #[error("index {index} is not one of the {count} branches or symbols")]
+    Branch {
+        /// The index found.
+        index: usize,
+        /// How many there are.
+        count: usize,
+    },
+    /// A boolean byte other than 0 or 1.
+    #[error("boolean byte {0} is neither 0 nor 1")]
+    Boolean(u8),
+    /// A string that is not UTF-8.
+    #[error("a string is not UTF-8")]
+    Utf8,
+    /// A `uuid` string that is not a UUID.
+    #[error("invalid UUID {0:?}")]
+    Uuid(String),
+}
+
+/// A generated decoder: reads one value of `Self`.
+pub trait Positional: Sized {
+    /// Reads one value from `r`.
+    fn read(r: &mut Reader<'_>) -> Result<Self, PositionalError>;
+}
+
+/// A top-level record's decoder, as [`crate::codec::Record::POSITIONAL`] names it.
+pub type ReadFn<T> = fn(&[u8]) -> Result<T, PositionalError>;
+
+/// Decodes a body as one `T`. Bytes after the record are ignored, as `serde_avro_fast`
+/// ignores them.
+pub fn decode<T: Positional>(body: &[u8]) -> Result<T, PositionalError> {
+    T::read(&mut Reader { bytes: body })
+}
+
+/// The bytes not read yet.
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], PositionalError> {
+        if len > self.bytes.len() {
+            return Err(PositionalError::Truncated(what));
+        }
+        let (taken, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        Ok(taken)
+    }
+
+    /// A zig-zag variable-length `long`.
+    pub fn long(&mut self) -> Result<i64, PositionalError> {
+        let mut value: u64 = 0;
+        for (index, byte) in self.bytes.iter().take(10).enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * index);
+            if byte & 0x80 == 0 {
+                self.bytes = &self.bytes[index + 1..];
+                return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
+            }
+        }
+        Err(if self.bytes.len() >= 10 {
+            PositionalError::Varint
+        } else {
+            PositionalError::Truncated("long")
+        })
+    }
+
+    /// An `int`: a `long` in the 32-bit range.
+    pub fn int(&mut self) -> Result<i32, PositionalError> {
+        let value = self.long()?;
+        i32::try_from(value).map_err(|_| PositionalError::IntRange(value))
+    }
+
+    /// A union branch or an enum index below `count`.
+    pub fn branch(&mut self, count: usize) -> Result<usize, PositionalError> {
+        let index = self.long()?;
+        match usize::try_from(index) {
+            Ok(index) if index < count => Ok(index),
+            _ => Err(PositionalError::Branch {
+                index: usize::try_from(index).unwrap_or(usize::MAX),
+                count,
+            }),
+        }
+    }
+
+    /// A `boolean`.
+    pub fn boolean(&mut self) -> Result<bool, PositionalError> {
+        match self.take(1, "boolean")? {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            [other, ..] => Err(PositionalError::Boolean(*other)),
+            [] => Err(PositionalError::Truncated("boolean")),
+        }
+    }
+
+    /// A little-endian `float`.
+    pub fn float(&mut self) -> Result<f32, PositionalError> {
+        let bytes = self.take(4, "float")?;
+        Ok(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// A little-endian `double`.
+    pub fn double(&mut self) -> Result<f64, PositionalError> {
+        let bytes = self.take(8, "double")?;
+        let mut array = [0; 8];
+        array.copy_from_slice(bytes);
+        Ok(f64::from_le_bytes(array))
+    }
+
+    fn length_delimited(&mut self, what: &'static str) -> Result<&'a [u8], PositionalError> {
+        let len = self.long()?;
+        let len = usize::try_from(len).map_err(|_| PositionalError::Length(len))?;
+        self.take(len, what)
+    }
+
+    /// `bytes`.
+    pub fn bytes(&mut self) -> Result<Vec<u8>, PositionalError> {
+        Ok(self.length_delimited("bytes")?.to_vec())
+    }
+
+    fn str(&mut self) -> Result<&'a str, PositionalError> {
+        std::str::from_utf8(self.length_delimited("string")?).map_err(|_| PositionalError::Utf8)
+    }
+
+    /// A `string`.
+    pub fn string(&mut self) -> Result<String, PositionalError> {
+        self.str().map(str::to_owned)
+    }
+
+    /// A `string` of logical type `uuid`, in any form `Uuid::parse_str` takes (as serde's).
+    pub fn uuid(&mut self) -> Result<apache_avro::Uuid, PositionalError> {
+        let text = self.str()?;
+        apache_avro::Uuid::parse_str(text).map_err(|_| PositionalError::Uuid(text.to_owned()))
+    }
+
+    /// The blocks of an array or map: calls `each` once per item. A negative count is followed
+    /// by the block's size in bytes, which is read and not needed.
+    fn blocks(
+        &mut self,
+        mut each: impl FnMut(&mut Self) -> Result<(), PositionalError>,
+    ) -> Result<(), PositionalError> {
+        loop {
+            let count = self.long()?;
+            if count == 0 {
+                return Ok(());
+            }
+            if count < 0 {
+                self.long()?;
+            }
+            for _ in 0..count.unsigned_abs() {
+                each(self)?;
+            }
+        }
+    }
+
+    /// An `array` whose items `item` reads.
+    pub fn array<T>(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<T, PositionalError>,
+    ) -> Result<Vec<T>, PositionalError> {
+        let mut items = Vec::new();
+        self.blocks(|r| {
+            items.push(item(r)?);
+            Ok(())
+        })?;
+        Ok(items)
+    }
+
+    /// A `map` whose values `value` reads.
+    pub fn map<T>(
+        &mut self,
+        mut value: impl FnMut(&mut Self) -> Result<T, PositionalError>,
+    ) -> Result<HashMap<String, T>, PositionalError> {
+        let mut entries = HashMap::new();
+        self.blocks(|r| {
+            let key = r.string()?;
+            entries.insert(key, value(r)?);
+            Ok(())
+        })?;
+        Ok(entries)
+    }
+}
+
+/// One [`Positional`] impl per record and enum the build script could generate a reader for.
+#[allow(clippy::needless_question_mark)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/positional.rs"));
+}
