@@ -145,9 +145,9 @@ fn envelope_enum(name: &str, what: &str, header: &str, variants: &[String]) -> S
          \x20   pub fn record_type(&self) -> &'static str {{\n        match self {{\n{rtype}        }}\n    }}\n\n\
          \x20   /// Encodes the record for `topic` (see [`crate::codec::Codec::encode`]).\n\
          \x20   pub async fn encode<R: crate::registry::SchemaRegistry>(&self, codec: &crate::codec::Codec<R>, topic: &str) -> Result<Vec<u8>, crate::codec::CodecError> {{\n        match self {{\n{enc}        }}\n    }}\n\n\
-         \x20   /// Decodes `body` as the record `full_name` written with `schema` (see\n\
-         \x20   /// [`crate::codec::Writer`]); `None` when `full_name` is not a {what}.\n\
-         \x20   pub(crate) fn decode_as(full_name: &str, body: &[u8], writer: &crate::codec::Writer) -> Option<Result<{name}, String>> {{\n        Some(match full_name {{\n{dec}            _ => return None,\n        }})\n    }}\n}}\n",
+         \x20   /// Decodes `body` as the record `writer` names (see [`crate::codec::Writer`]);\n\
+         \x20   /// `None` when that is not a {what}.\n\
+         \x20   pub(crate) fn decode_as(body: &[u8], writer: &crate::codec::Writer) -> Option<Result<{name}, String>> {{\n        Some(match writer.{what}_index? {{\n{dec}            _ => return None,\n        }})\n    }}\n}}\n",
         names = variants
             .iter()
             .map(|v| format!("<crate::types::{v} as crate::codec::Record>::FULL_NAME"))
@@ -160,8 +160,9 @@ fn envelope_enum(name: &str, what: &str, header: &str, variants: &[String]) -> S
         enc = arms("codec.encode(topic, r).await"),
         dec = variants
             .iter()
-            .map(|v| format!(
-                "            <crate::types::{v} as crate::codec::Record>::FULL_NAME => writer.decode(body).map({name}::{v}),\n"
+            .enumerate()
+            .map(|(index, v)| format!(
+                "            {index} => writer.decode(body).map({name}::{v}),\n"
             ))
             .collect::<String>(),
     )

@@ -2,10 +2,12 @@
 //! id, Avro body), subjects by TopicRecordNameStrategy (`<topic>-<record full name>`), writer
 //! schemas fetched by id and cached, bodies decoded straight into the generated types.
 //!
-//! Decoding goes through `serde_avro_fast` with the writer's schema: fields the writer lacks
-//! take the defaults the generated types carry from the reader schema, fields the reader lacks
-//! are skipped, so older and newer writers decode alike. Errors say whether a retry can help:
-//! only a registry that does not answer is retryable.
+//! A body whose writer schema is this build's own (the same Parsing Canonical Form) is read
+//! field by field in schema order ([`crate::positional`]). Any other writer's goes through
+//! `serde_avro_fast` with the writer's schema: fields the writer lacks take the defaults the
+//! generated types carry from the reader schema, fields the reader lacks are skipped, so older
+//! and newer writers decode alike. Errors say whether a retry can help: only a registry that
+//! does not answer is retryable.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -38,7 +40,7 @@ pub const RECORD_TYPE_HEADER: &str = "event_type";
 include!(concat!(env!("OUT_DIR"), "/records.rs"));
 
 /// Decodes a body as the named record when the name is one of `T`'s variants.
-type DecodeAs<T> = fn(&str, &[u8], &Writer) -> Option<Result<T, String>>;
+type DecodeAs<T> = fn(&[u8], &Writer) -> Option<Result<T, String>>;
 
 /// The magic byte that starts every Confluent wire-format record.
 pub const MAGIC_BYTE: u8 = 0;
@@ -112,6 +114,11 @@ pub(crate) struct Writer {
     /// The schema has the Parsing Canonical Form of this build's schema of `full_name`: the
     /// body is read positionally ([`crate::positional`]) when the type has a reader.
     same_as_local: bool,
+    /// The record's place in [`Event::FULL_NAMES`], if it is an event: the variant to decode
+    /// into, found once per writer rather than by name per record.
+    pub(crate) event_index: Option<usize>,
+    /// Its place in [`Command::FULL_NAMES`], if it is a command.
+    pub(crate) command_index: Option<usize>,
 }
 
 impl Writer {
@@ -125,7 +132,10 @@ impl Writer {
         let schema = parse(text)?;
         let same_as_local =
             local.is_some_and(|local| canonical_form(text).is_ok_and(|c| c == local));
+        let index = |names: &[&str]| names.iter().position(|name| *name == full_name);
         Ok(Writer {
+            event_index: index(Event::FULL_NAMES),
+            command_index: index(Command::FULL_NAMES),
             full_name,
             schema,
             same_as_local,
@@ -323,7 +333,7 @@ impl<R: SchemaRegistry> Codec<R> {
         decode_as: DecodeAs<T>,
     ) -> Result<T, CodecError> {
         let (id, body) = split_header(bytes)?;
-        let decode = |writer: &Writer| match decode_as(&writer.full_name, body, writer) {
+        let decode = |writer: &Writer| match decode_as(body, writer) {
             None => Err(CodecError::UnexpectedType {
                 expected,
                 found: writer.full_name.clone(),

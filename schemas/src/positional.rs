@@ -20,8 +20,8 @@ pub enum PositionalError {
     /// The body ends inside a value.
     #[error("the body ends inside a {0}")]
     Truncated(&'static str),
-    /// A variable-length integer runs past ten bytes.
-    #[error("a variable-length integer is longer than ten bytes")]
+    /// A variable-length integer runs past ten bytes or past 64 bits.
+    #[error("a variable-length integer is longer than ten bytes or 64 bits")]
     Varint,
     /// An `int` outside the 32-bit range.
     #[error("int {0} is out of range")]
@@ -78,10 +78,14 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
-    /// A zig-zag variable-length `long`.
+    /// A zig-zag variable-length `long`. Its tenth byte, if it has one, holds the 64th bit
+    /// alone: anything above 1 there overflows and is an error, as in `serde_avro_fast`.
     pub fn long(&mut self) -> Result<i64, PositionalError> {
         let mut value: u64 = 0;
         for (index, byte) in self.bytes.iter().take(10).enumerate() {
+            if index == 9 && *byte > 1 {
+                return Err(PositionalError::Varint);
+            }
             value |= u64::from(byte & 0x7f) << (7 * index);
             if byte & 0x80 == 0 {
                 self.bytes = &self.bytes[index + 1..];
@@ -163,24 +167,20 @@ impl<'a> Reader<'a> {
         apache_avro::Uuid::parse_str(text).map_err(|_| PositionalError::Uuid(text.to_owned()))
     }
 
-    /// The blocks of an array or map: calls `each` once per item. A negative count is followed
-    /// by the block's size in bytes, which is read and not needed.
-    fn blocks(
-        &mut self,
-        mut each: impl FnMut(&mut Self) -> Result<(), PositionalError>,
-    ) -> Result<(), PositionalError> {
-        loop {
-            let count = self.long()?;
-            if count == 0 {
-                return Ok(());
-            }
-            if count < 0 {
-                self.long()?;
-            }
-            for _ in 0..count.unsigned_abs() {
-                each(self)?;
-            }
+    /// The item count of the next block of an array or map, 0 at the end. A negative count is
+    /// followed by the block's size in bytes, which is read and not needed.
+    fn block(&mut self) -> Result<usize, PositionalError> {
+        let count = self.long()?;
+        if count < 0 {
+            self.long()?;
         }
+        Ok(usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX))
+    }
+
+    /// Room for the `count` items of a block, though never for more items than bytes remain
+    /// (every item takes at least one byte), so a forged count allocates nothing large.
+    fn room(&self, count: usize) -> usize {
+        count.min(self.bytes.len())
     }
 
     /// An `array` whose items `item` reads.
@@ -189,11 +189,16 @@ impl<'a> Reader<'a> {
         mut item: impl FnMut(&mut Self) -> Result<T, PositionalError>,
     ) -> Result<Vec<T>, PositionalError> {
         let mut items = Vec::new();
-        self.blocks(|r| {
-            items.push(item(r)?);
-            Ok(())
-        })?;
-        Ok(items)
+        loop {
+            let count = self.block()?;
+            if count == 0 {
+                return Ok(items);
+            }
+            items.reserve(self.room(count));
+            for _ in 0..count {
+                items.push(item(self)?);
+            }
+        }
     }
 
     /// A `map` whose values `value` reads.
@@ -202,12 +207,17 @@ impl<'a> Reader<'a> {
         mut value: impl FnMut(&mut Self) -> Result<T, PositionalError>,
     ) -> Result<HashMap<String, T>, PositionalError> {
         let mut entries = HashMap::new();
-        self.blocks(|r| {
-            let key = r.string()?;
-            entries.insert(key, value(r)?);
-            Ok(())
-        })?;
-        Ok(entries)
+        loop {
+            let count = self.block()?;
+            if count == 0 {
+                return Ok(entries);
+            }
+            entries.reserve(self.room(count));
+            for _ in 0..count {
+                let key = self.string()?;
+                entries.insert(key, value(self)?);
+            }
+        }
     }
 }
 
@@ -215,4 +225,28 @@ impl<'a> Reader<'a> {
 #[allow(clippy::needless_question_mark)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/positional.rs"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn long(bytes: &[u8]) -> Result<i64, PositionalError> {
+        Reader { bytes }.long()
+    }
+
+    #[test]
+    fn a_long_takes_at_most_ten_bytes_and_64_bits() {
+        assert_eq!(long(&[0x02]), Ok(1));
+        assert_eq!(long(&[0x03]), Ok(-2));
+        let mut max = vec![0xfe];
+        max.extend([0xff; 8]);
+        max.push(0x01);
+        assert_eq!(long(&max), Ok(i64::MAX));
+        let mut overflow = vec![0x80; 9];
+        overflow.push(0x02);
+        assert_eq!(long(&overflow), Err(PositionalError::Varint));
+        assert_eq!(long(&[0x80; 11]), Err(PositionalError::Varint));
+        assert_eq!(long(&[0x80; 3]), Err(PositionalError::Truncated("long")));
+    }
 }

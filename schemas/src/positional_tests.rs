@@ -28,7 +28,8 @@ impl Entropy<'_> {
 }
 
 /// Now and then (one value in 8) the writer breaks the schema on purpose: a boolean byte
-/// other than 0 and 1, an int out of range, an enum index or union branch that does not exist.
+/// other than 0 and 1, an int out of range, a long of ten bytes that may overflow or run on,
+/// an enum index or union branch that does not exist.
 fn wild(e: &mut Entropy<'_>) -> bool {
     e.byte() % 8 == 7
 }
@@ -104,6 +105,12 @@ impl Writes<'_> {
                 [i64::from(i32::MAX) + 1, i64::from(i32::MIN) - 1][e.below(2)],
             ),
             "int" => zigzag(out, i64::from(e.u64() as i32) >> e.below(32)),
+            "long" if wild(e) => {
+                // Ten bytes: the last holds the 64th bit alone, so above 1 it overflows, and
+                // with its top bit set the integer runs on.
+                out.extend([0x80 | e.byte(); 9]);
+                out.push(e.byte());
+            }
             "long" => zigzag(out, (e.u64() as i64) >> e.below(64)),
             "float" => out.extend_from_slice(&(f32::from(e.byte()) / 4.0).to_le_bytes()),
             "double" => {
@@ -248,9 +255,9 @@ enum Decoded {
 
 /// Decodes `body` on both paths as whichever envelope holds the subject.
 fn both(subject: &Subject, body: &[u8]) -> [Result<Decoded, String>; 2] {
-    let decode = |writer: &Writer| match Event::decode_as(subject.name, body, writer) {
+    let decode = |writer: &Writer| match Event::decode_as(body, writer) {
         Some(event) => event.map(Decoded::Event),
-        None => Command::decode_as(subject.name, body, writer)
+        None => Command::decode_as(body, writer)
             .expect("an event or a command")
             .map(Decoded::Command),
     };
