@@ -12,13 +12,14 @@
 //! and 28-day histories (which the processor's 29 kept days must hold), and the 90 days an
 //! insight's kind is remembered for the feedback on it.
 //!
-//! As the command processor writes them, each aggregate's events are in time order (so
-//! engagement's rule for activities more than 31 days late is not exercised here), a meal is
-//! updated or deleted only after it was logged, and `user.registered` comes first. The AI
-//! topic's insights and feedback are made up by the generator (the AI aggregate's events, as
-//! any client's insights would be); no command processor runs, so the commands the processors
-//! send stay in `diet.commands`, where the test reads them: the goals met, and one
-//! `CreateInsight` per insight drawn.
+//! As the command processor writes them, each aggregate's events are in time order, a meal is
+//! updated or deleted only after it was logged, and `user.registered` comes first. One
+//! player's events all come after everyone else's, so that engagement's rule for activities
+//! more than 31 days late is exercised (the command processor's clock would not produce
+//! that). The AI topic's insights and feedback are made up by the generator (the AI
+//! aggregate's events, as any client's insights would be); no command processor runs, so the
+//! commands the processors send stay in `diet.commands`, where the test reads them: the goals
+//! met, and one `CreateInsight` per insight drawn.
 
 mod common;
 
@@ -40,6 +41,10 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 const PROCESSORS: [&str; 3] = ["nutrition", "engagement", "insights"];
 const SEED: u64 = 0x5eed_2026;
 const USERS: usize = 24;
+/// The player whose whole history reaches the log after everyone else's (a client that synced
+/// four months late, or a topic restored out of order): most of its activities are more than 31
+/// days older than the newest of their partition, which engagement's "Late events" rule is about.
+const LATE_PLAYER: usize = 5;
 /// Days of the history, from [`DAY_START`] (Wednesday 2025-11-26) on: into March 2026.
 const DAYS: i64 = 120;
 const DAY: i64 = 86_400_000_000;
@@ -388,7 +393,8 @@ fn player(rng: &mut StdRng, u: usize, first_day: i64, edges: &mut Edges) -> Vec<
 }
 
 /// The whole history in event-time order, with each aggregate's versions from 1 on: the user
-/// topic's events and the AI topic's.
+/// topic's events and the AI topic's. The events of [`LATE_PLAYER`] come after everyone
+/// else's.
 fn history(edges: &mut Edges) -> (Vec<Event>, Vec<Event>) {
     let mut rng = StdRng::seed_from_u64(SEED);
     let first_day = DAY_START.div_euclid(DAY);
@@ -397,6 +403,9 @@ fn history(edges: &mut Edges) -> (Vec<Event>, Vec<Event>) {
         .collect();
     // Stable: a player's events of the same instant keep their order.
     drafts.sort_by_key(|d| d.at);
+    let (late, mut drafts): (Vec<Draft>, Vec<Draft>) =
+        drafts.into_iter().partition(|d| d.user == LATE_PLAYER);
+    drafts.extend(late);
     let names: Vec<String> = (0..USERS).map(|u| format!("hist-{u:02}")).collect();
     let mut versions: BTreeMap<(usize, bool), i64> = BTreeMap::new();
     let (mut user_events, mut ai_events) = (Vec::new(), Vec::new());
@@ -528,7 +537,10 @@ async fn every_read_model_over_four_months_equals_the_oracle() {
     eprintln!("nutrition: {met} goals met checked");
     assert!(met > 0, "no goal met, so none was checked");
 
-    oracle::check_engagement(&session, ks, &events).await;
+    let late = oracle::late_activities(&user);
+    eprintln!("engagement: {late} activities more than 31 days late in their partition");
+    assert!(late > 0, "no activity is late enough for the rule");
+    oracle::check_engagement(&session, ks, &user).await;
     oracle::check_engagement_partials(&session, ks, &user, &[]).await;
 
     let insights = oracle::check_insights_against(

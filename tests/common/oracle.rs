@@ -837,9 +837,11 @@ pub fn engagement_users(events: &[Event]) -> BTreeMap<String, Engagement> {
 }
 
 /// Compares `engagement_users` (XP, level, last activity, streaks, active days) and the daily
-/// active users of the user topic (the README's sum) with the oracle.
-pub async fn check_engagement(session: &Session, ks: &str, events: &[Event]) {
-    let oracle = engagement_users(events);
+/// active users of the user topic (the README's sum) with the oracle. `user`: the user topic's
+/// events with their partitions, in log order per partition (the late rule needs both).
+pub async fn check_engagement(session: &Session, ks: &str, user: &[(i32, Event)]) {
+    let events: Vec<Event> = user.iter().map(|(_, e)| e.clone()).collect();
+    let oracle = engagement_users(&events);
     assert!(!oracle.is_empty(), "no users in the log");
     let rows = session
         .query_unpaged(
@@ -958,14 +960,17 @@ pub async fn check_engagement(session: &Session, ks: &str, events: &[Event]) {
     );
     check_sessions(session, ks, &oracle).await;
 
-    // Daily active users through their own events: the README's sum over partitions.
-    let mut active: BTreeMap<i64, i64> = BTreeMap::new();
-    for user in oracle.values() {
-        for day in &user.days {
-            *active.entry(*day).or_default() += 1;
-        }
+    // Daily active users through their own events: the README's sum over partitions, of the
+    // activities the late rule keeps (a late one still counts for the user's own row above).
+    let mut active: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for activity in counted_activities(user, &[]) {
+        active
+            .entry(day_of(activity.at))
+            .or_default()
+            .insert(activity.user);
     }
     for (day, users) in active {
+        let users = i64::try_from(users.len()).expect("a count");
         let date = date_text(day);
         let row = &json_rows(
             session,
@@ -1053,6 +1058,14 @@ fn social_actor(event: &Event) -> Option<&str> {
         Event::FriendRequestDeclined(e) => Some(&e.payload.to_user_id),
         _ => None,
     }
+}
+
+/// How many of the user topic's own activities (`user`: partition and event, in log order per
+/// partition) are more than 31 days older than the newest activity day already seen in their
+/// partition, so that they count for no active-user or cohort table (README, "Late events").
+pub fn late_activities(user: &[(i32, Event)]) -> usize {
+    let own = user.iter().filter(|(_, e)| own_activity(e)).count();
+    own - counted_activities(user, &[]).len()
 }
 
 /// The activities that count for the active-user and cohort tables, in log order per source
