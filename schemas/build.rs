@@ -40,15 +40,19 @@ fn main() {
     embedded.push(']');
     fs::write(out.join("avsc_files.rs"), embedded).expect("write avsc_files.rs");
 
-    let types_code = generate_types(&avro_dir);
-    let schemas: Vec<serde_json::Value> = files
+    // Each file's named type by its full name, the file's stem (schemas/README.md, "Naming
+    // rules").
+    let schemas: BTreeMap<String, serde_json::Value> = files
         .iter()
         .map(|path| {
             let text = fs::read_to_string(path).expect("readable schema file");
-            serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+            let json = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+            let stem = path.file_stem().and_then(|s| s.to_str()).expect("UTF-8");
+            (stem.to_owned(), json)
         })
         .collect();
+    let types_code = generate_types(&avro_dir);
     let (positional, readable) = positional_decoders(&schemas, &types_code);
     fs::write(out.join("types.rs"), types_code).expect("write types.rs");
     fs::write(out.join("positional.rs"), positional).expect("write positional.rs");
@@ -60,11 +64,8 @@ fn main() {
     let mut records = String::new();
     let mut events = Vec::new();
     let mut commands = Vec::new();
-    for path in &files {
-        let text = fs::read_to_string(path).expect("readable schema file");
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-        let full_name = path.file_stem().and_then(|s| s.to_str()).expect("UTF-8");
+    for (full_name, json) in &schemas {
+        let full_name = full_name.as_str();
         let attribute = |key: &str| json.get(key).and_then(|v| v.as_str()).map(str::to_owned);
         let record_type = attribute("dietstream.event_type")
             .or_else(|| attribute("dietstream.command_type"))

@@ -1,61 +1,9 @@
 // Part of the build script (`include!`d by build.rs): generates the positional decoders of
-// `src/positional.rs` from the `.avsc` files.
+// `src/positional.rs` from the `.avsc` files. Each file defines one named type and refers to
+// every other by its full name (schemas/README.md, "Naming rules"); a type defined inline or
+// referred to otherwise gets no reader and is decoded by serde.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-/// Every named record and enum defined in `schemas`, by full name, with its namespace.
-fn named_types(schemas: &[serde_json::Value]) -> BTreeMap<String, (String, serde_json::Value)> {
-    fn walk(
-        ty: &serde_json::Value,
-        namespace: &str,
-        out: &mut BTreeMap<String, (String, serde_json::Value)>,
-    ) {
-        match ty {
-            serde_json::Value::Array(branches) => {
-                for branch in branches {
-                    walk(branch, namespace, out);
-                }
-            }
-            serde_json::Value::Object(object) => {
-                let kind = object.get("type").and_then(|t| t.as_str()).unwrap_or("");
-                match kind {
-                    "record" | "enum" | "fixed" => {
-                        let name = object["name"].as_str().expect("a named type has a name");
-                        let namespace = object
-                            .get("namespace")
-                            .and_then(|n| n.as_str())
-                            .unwrap_or(namespace);
-                        let full = full_name(name, namespace);
-                        let own = full.rsplit_once('.').map_or("", |(ns, _)| ns).to_owned();
-                        if kind == "record" {
-                            for field in object["fields"].as_array().expect("fields") {
-                                walk(&field["type"], &own, out);
-                            }
-                        }
-                        out.insert(full, (own, ty.clone()));
-                    }
-                    "array" => walk(&object["items"], namespace, out),
-                    "map" => walk(&object["values"], namespace, out),
-                    _ => {}
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = BTreeMap::new();
-    for schema in schemas {
-        walk(schema, "", &mut out);
-    }
-    out
-}
-
-fn full_name(name: &str, namespace: &str) -> String {
-    if name.contains('.') || namespace.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{namespace}.{name}")
-    }
-}
 
 fn short_name(full: &str) -> &str {
     full.rsplit('.').next().expect("a name")
@@ -95,7 +43,8 @@ fn enum_variants(code: &str) -> HashMap<String, Vec<(String, String)>> {
 }
 
 struct Positional<'a> {
-    named: &'a BTreeMap<String, (String, serde_json::Value)>,
+    /// Every named type's definition, by full name.
+    named: &'a BTreeMap<String, serde_json::Value>,
     /// Records known to decode positionally (`true`) or not (`false`).
     capable: HashMap<String, bool>,
     visiting: HashSet<String>,
@@ -111,14 +60,14 @@ impl Positional<'_> {
         if !self.visiting.insert(full.to_owned()) {
             return false;
         }
-        let (namespace, def) = self.named.get(full).expect("a defined type").clone();
+        let def = self.named.get(full).expect("a defined type");
         let capable = match def["type"].as_str() {
             Some("enum") => true,
             Some("record") => def["fields"]
                 .as_array()
                 .expect("fields")
                 .iter()
-                .all(|field| self.expr(&field["type"], &namespace).is_some()),
+                .all(|field| self.expr(&field["type"]).is_some()),
             _ => false,
         };
         self.visiting.remove(full);
@@ -128,15 +77,15 @@ impl Positional<'_> {
 
     /// The expression that reads a value of `ty` from the reader `r`, or `None` when this
     /// generator does not read that type.
-    fn expr(&mut self, ty: &serde_json::Value, namespace: &str) -> Option<String> {
+    fn expr(&mut self, ty: &serde_json::Value) -> Option<String> {
         match ty {
-            serde_json::Value::String(name) => self.named_expr(name, namespace),
+            serde_json::Value::String(name) => self.named_expr(name),
             serde_json::Value::Array(branches) => {
                 let null = branches.iter().position(|b| b.as_str() == Some("null"))?;
                 if branches.len() != 2 {
                     return None;
                 }
-                let value = self.expr(&branches[1 - null], namespace)?;
+                let value = self.expr(&branches[1 - null])?;
                 Some(if null == 0 {
                     format!("match r.branch(2)? {{ 0 => None, _ => Some({value}) }}")
                 } else {
@@ -144,37 +93,29 @@ impl Positional<'_> {
                 })
             }
             serde_json::Value::Object(object) => {
-                let kind = object.get("type")?;
+                let kind = object.get("type")?.as_str()?;
                 let logical = object.get("logicalType").and_then(|l| l.as_str());
-                match (kind.as_str(), logical) {
-                    (Some("string"), Some("uuid")) => Some("r.uuid()?".to_owned()),
-                    (Some("array"), _) => {
-                        let item = self.expr(&object["items"], namespace)?;
+                match (kind, logical) {
+                    ("string", Some("uuid")) => Some("r.uuid()?".to_owned()),
+                    ("array", _) => {
+                        let item = self.expr(&object["items"])?;
                         Some(format!("r.array(|r| Ok({item}))?"))
                     }
-                    (Some("map"), _) => {
-                        let value = self.expr(&object["values"], namespace)?;
+                    ("map", _) => {
+                        let value = self.expr(&object["values"])?;
                         Some(format!("r.map(|r| Ok({value}))?"))
                     }
-                    (Some("record" | "enum"), _) => {
-                        let name = object["name"].as_str()?;
-                        let namespace = object
-                            .get("namespace")
-                            .and_then(|n| n.as_str())
-                            .unwrap_or(namespace);
-                        self.named_expr(&full_name(name, namespace), "")
-                    }
-                    (Some("fixed"), _) | (None, _) => None,
+                    ("record" | "enum" | "fixed", _) => None,
                     // Another logical type on a primitive (date, timestamp-micros, ...): the
                     // generated types hold the primitive.
-                    (Some(_), _) => self.expr(kind, namespace),
+                    (primitive, _) => self.named_expr(primitive),
                 }
             }
             _ => None,
         }
     }
 
-    fn named_expr(&mut self, name: &str, namespace: &str) -> Option<String> {
+    fn named_expr(&mut self, name: &str) -> Option<String> {
         Some(match name {
             "boolean" => "r.boolean()?".to_owned(),
             "int" => "r.int()?".to_owned(),
@@ -183,19 +124,13 @@ impl Positional<'_> {
             "double" => "r.double()?".to_owned(),
             "string" => "r.string()?".to_owned(),
             "bytes" => "r.bytes()?".to_owned(),
-            _ => {
-                let full = full_name(name, namespace);
-                let full = if self.named.contains_key(&full) {
-                    full
-                } else {
-                    name.to_owned()
-                };
-                if !self.named.contains_key(&full) || !self.capable(&full) {
+            full => {
+                if !self.named.contains_key(full) || !self.capable(full) {
                     return None;
                 }
                 format!(
                     "<crate::types::{} as crate::positional::Positional>::read(r)?",
-                    short_name(&full)
+                    short_name(full)
                 )
             }
         })
@@ -203,17 +138,19 @@ impl Positional<'_> {
 }
 
 /// The code of every positional decoder, and the full names of the records that have one.
-fn positional_decoders(schemas: &[serde_json::Value], types_code: &str) -> (String, HashSet<String>) {
-    let named = named_types(schemas);
+fn positional_decoders(
+    named: &BTreeMap<String, serde_json::Value>,
+    types_code: &str,
+) -> (String, HashSet<String>) {
     let enums = enum_variants(types_code);
     let mut generator = Positional {
-        named: &named,
+        named,
         capable: HashMap::new(),
         visiting: HashSet::new(),
     };
     let mut code = String::new();
     let mut capable = HashSet::new();
-    for (full, (namespace, def)) in &named {
+    for (full, def) in named {
         if !generator.capable(full) {
             continue;
         }
@@ -248,7 +185,7 @@ fn positional_decoders(schemas: &[serde_json::Value], types_code: &str) -> (Stri
                 .map(|field| {
                     let field_name = field["name"].as_str().expect("a field name");
                     let expr = generator
-                        .expr(&field["type"], namespace)
+                        .expr(&field["type"])
                         .expect("a capable record's fields are readable");
                     format!("            {field_name}: {expr},\n")
                 })

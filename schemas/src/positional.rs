@@ -167,20 +167,30 @@ impl<'a> Reader<'a> {
         apache_avro::Uuid::parse_str(text).map_err(|_| PositionalError::Uuid(text.to_owned()))
     }
 
-    /// The item count of the next block of an array or map, 0 at the end. A negative count is
-    /// followed by the block's size in bytes, which is read and not needed.
-    fn block(&mut self) -> Result<usize, PositionalError> {
-        let count = self.long()?;
-        if count < 0 {
-            self.long()?;
+    /// Reads the blocks of an array or map into `into`: `reserve` makes room for a block's
+    /// items, then `each` reads one. A negative count is followed by the block's size in
+    /// bytes, which is read and not needed. Room is never made for more items than bytes
+    /// remain (every item takes at least one byte), so a forged count allocates nothing large.
+    fn blocks<C>(
+        &mut self,
+        mut into: C,
+        reserve: fn(&mut C, usize),
+        mut each: impl FnMut(&mut Self, &mut C) -> Result<(), PositionalError>,
+    ) -> Result<C, PositionalError> {
+        loop {
+            let count = self.long()?;
+            if count == 0 {
+                return Ok(into);
+            }
+            if count < 0 {
+                self.long()?;
+            }
+            let count = usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX);
+            reserve(&mut into, count.min(self.bytes.len()));
+            for _ in 0..count {
+                each(self, &mut into)?;
+            }
         }
-        Ok(usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX))
-    }
-
-    /// Room for the `count` items of a block, though never for more items than bytes remain
-    /// (every item takes at least one byte), so a forged count allocates nothing large.
-    fn room(&self, count: usize) -> usize {
-        count.min(self.bytes.len())
     }
 
     /// An `array` whose items `item` reads.
@@ -188,17 +198,10 @@ impl<'a> Reader<'a> {
         &mut self,
         mut item: impl FnMut(&mut Self) -> Result<T, PositionalError>,
     ) -> Result<Vec<T>, PositionalError> {
-        let mut items = Vec::new();
-        loop {
-            let count = self.block()?;
-            if count == 0 {
-                return Ok(items);
-            }
-            items.reserve(self.room(count));
-            for _ in 0..count {
-                items.push(item(self)?);
-            }
-        }
+        self.blocks(Vec::new(), Vec::reserve, |r, items| {
+            items.push(item(r)?);
+            Ok(())
+        })
     }
 
     /// A `map` whose values `value` reads.
@@ -206,18 +209,11 @@ impl<'a> Reader<'a> {
         &mut self,
         mut value: impl FnMut(&mut Self) -> Result<T, PositionalError>,
     ) -> Result<HashMap<String, T>, PositionalError> {
-        let mut entries = HashMap::new();
-        loop {
-            let count = self.block()?;
-            if count == 0 {
-                return Ok(entries);
-            }
-            entries.reserve(self.room(count));
-            for _ in 0..count {
-                let key = self.string()?;
-                entries.insert(key, value(self)?);
-            }
-        }
+        self.blocks(HashMap::new(), HashMap::reserve, |r, entries| {
+            let key = r.string()?;
+            entries.insert(key, value(r)?);
+            Ok(())
+        })
     }
 }
 

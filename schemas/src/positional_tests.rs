@@ -1,5 +1,6 @@
 //! The positional decoders against `serde_avro_fast`: random bodies of every event and command
-//! record (valid ones, ones that break the schema on purpose, damaged ones) decode to the same value on both paths or fail on both.
+//! record (valid ones, ones that break the schema on purpose, damaged ones) decode to the same
+//! value on both paths or fail on both.
 
 use std::collections::HashMap;
 
@@ -178,72 +179,47 @@ impl Writes<'_> {
     }
 }
 
-/// Every named type defined in a self-contained schema, by full name.
-fn named_types(ty: &Value, namespace: &str, out: &mut HashMap<String, Value>) {
-    match ty {
-        Value::Array(branches) => branches.iter().for_each(|b| named_types(b, namespace, out)),
-        Value::Object(object) => {
-            let kind = object["type"].as_str();
-            if let (Some("record" | "enum" | "fixed"), Some(name)) =
-                (kind, object.get("name").and_then(Value::as_str))
-            {
-                let namespace = object
-                    .get("namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or(namespace);
-                let full = if name.contains('.') {
-                    name.to_owned()
-                } else {
-                    format!("{namespace}.{name}")
-                };
-                let own = full.rsplit_once('.').map_or("", |(ns, _)| ns).to_owned();
-                out.insert(full, ty.clone());
-                if let Some(fields) = object.get("fields").and_then(Value::as_array) {
-                    fields
-                        .iter()
-                        .for_each(|f| named_types(&f["type"], &own, out));
-                }
-            }
-            for key in ["items", "values"] {
-                if let Some(inner) = object.get(key) {
-                    named_types(inner, namespace, out);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// One top-level record: its schema, the named types it defines, and both writers.
+/// One top-level record: its schema and both writers.
 struct Subject {
     name: &'static str,
     schema: Value,
-    named: HashMap<String, Value>,
     positional: Writer,
     resolving: Writer,
 }
 
-fn subjects() -> Vec<Subject> {
+/// Every event and command record, and every named type of the catalog by full name (its
+/// expanded, self-contained schema), which the writer looks names up in.
+struct Contract {
+    subjects: Vec<Subject>,
+    named: HashMap<String, Value>,
+}
+
+fn contract() -> Contract {
     let catalog = Catalog::embedded().expect("catalog");
-    Event::FULL_NAMES
+    let expanded = |name: &str| catalog.expanded(name).expect("expands");
+    let named = catalog
+        .names()
+        .map(|name| {
+            let schema = serde_json::from_str(&expanded(name)).expect("JSON");
+            (name.to_owned(), schema)
+        })
+        .collect();
+    let subjects = Event::FULL_NAMES
         .iter()
         .chain(Command::FULL_NAMES)
         .map(|name| {
-            let text = catalog.expanded(name).expect("expands");
-            let schema: Value = serde_json::from_str(&text).expect("JSON");
-            let mut named = HashMap::new();
-            named_types(&schema, "", &mut named);
+            let text = expanded(name);
             let canonical = canonical_form(&text).expect("canonical form");
             Subject {
                 name,
-                schema,
-                named,
+                schema: serde_json::from_str(&text).expect("JSON"),
                 positional: Writer::new((*name).to_owned(), &text, Some(&canonical))
                     .expect("writer"),
                 resolving: Writer::new((*name).to_owned(), &text, None).expect("writer"),
             }
         })
-        .collect()
+        .collect();
+    Contract { subjects, named }
 }
 
 /// A decoded record of either envelope.
@@ -293,12 +269,12 @@ proptest! {
         damage in any::<(u8, prop::sample::Index, u8)>(),
     ) {
         thread_local! {
-            static SUBJECTS: Vec<Subject> = subjects();
+            static CONTRACT: Contract = contract();
         }
-        SUBJECTS.with(|subjects| {
-            let subject = &subjects[record.index(subjects.len())];
+        CONTRACT.with(|contract| {
+            let subject = &contract.subjects[record.index(contract.subjects.len())];
             let mut body = Vec::new();
-            Writes { named: &subject.named }.value(
+            Writes { named: &contract.named }.value(
                 &subject.schema,
                 &mut Entropy(entropy.iter()),
                 &mut body,
