@@ -226,6 +226,7 @@ mod generated {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn long(bytes: &[u8]) -> Result<i64, PositionalError> {
         Reader { bytes }.long()
@@ -244,5 +245,76 @@ mod tests {
         assert_eq!(long(&overflow), Err(PositionalError::Varint));
         assert_eq!(long(&[0x80; 11]), Err(PositionalError::Varint));
         assert_eq!(long(&[0x80; 3]), Err(PositionalError::Truncated("long")));
+    }
+
+    /// Bytes for the primitive readers: arbitrary ones, runs of continuation bytes, and the
+    /// encodings of values at the edges of `int` and `long`, so that a boolean byte above 1, a
+    /// tenth varint byte above 1 and an int just out of range come up in every run.
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        const EDGES: [i64; 8] = [
+            i32::MAX as i64,
+            i32::MAX as i64 + 1,
+            i32::MIN as i64,
+            i32::MIN as i64 - 1,
+            i64::MAX,
+            i64::MIN,
+            -1,
+            3,
+        ];
+        let piece = prop_oneof![
+            any::<u8>().prop_map(|b| vec![b]),
+            Just(vec![0x80; 9]),
+            prop::sample::select(EDGES.to_vec()).prop_map(|value| {
+                let mut v = ((value << 1) ^ (value >> 63)) as u64;
+                let mut out = Vec::new();
+                while v >= 0x80 {
+                    out.push((v as u8) | 0x80);
+                    v >>= 7;
+                }
+                out.push(v as u8);
+                out
+            }),
+        ];
+        prop::collection::vec(piece, 0..6).prop_map(|pieces| pieces.concat())
+    }
+
+    /// `read` against `serde_avro_fast` with the one-type `schema` on the same bytes: the same
+    /// value (compared by `key`), or both fail.
+    fn agree<T: serde::de::DeserializeOwned + std::fmt::Debug, K: PartialEq + std::fmt::Debug>(
+        schema: &str,
+        bytes: &[u8],
+        read: fn(&mut Reader<'_>) -> Result<T, PositionalError>,
+        key: fn(&T) -> K,
+    ) -> Result<(), TestCaseError> {
+        let parsed: serde_avro_fast::Schema = schema.parse().expect("a schema");
+        let serde = serde_avro_fast::from_datum_slice::<T>(bytes, &parsed);
+        let positional = read(&mut Reader { bytes });
+        prop_assert_eq!(
+            positional.as_ref().ok().map(key),
+            serde.as_ref().ok().map(key),
+            "{} on {:?}: positional {:?}, serde {:?}",
+            schema,
+            bytes,
+            positional,
+            serde
+        );
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Each primitive reader decodes as `serde_avro_fast` does, on any bytes.
+        #[test]
+        fn each_reader_agrees_with_serde(bytes in bytes()) {
+            agree("\"boolean\"", &bytes, |r| r.boolean(), |v| *v)?;
+            agree("\"int\"", &bytes, |r| r.int(), |v| *v)?;
+            agree("\"long\"", &bytes, |r| r.long(), |v| *v)?;
+            agree("\"float\"", &bytes, |r| r.float(), |v| v.to_bits())?;
+            agree("\"double\"", &bytes, |r| r.double(), |v| v.to_bits())?;
+            agree("\"string\"", &bytes, |r| r.string(), Clone::clone)?;
+            let uuid = r#"{"type": "string", "logicalType": "uuid"}"#;
+            agree(uuid, &bytes, |r| r.uuid(), |v| *v)?;
+        }
     }
 }
