@@ -1061,16 +1061,25 @@ fn social_actor(event: &Event) -> Option<&str> {
 }
 
 /// How many of the user topic's own activities (`user`: partition and event, in log order per
-/// partition) are more than 31 days older than the newest activity day already seen in their
-/// partition, so that they count for no active-user or cohort table (README, "Late events").
-pub fn late_activities(user: &[(i32, Event)]) -> usize {
-    let own = user.iter().filter(|(_, e)| own_activity(e)).count();
-    own - counted_activities(user, &[]).len()
+/// partition) reached their partition more than 31 days after a newer activity of another
+/// user: a history synced late. They count like any other (README, "Late events": the rule is
+/// per user).
+pub fn synced_late(user: &[(i32, Event)]) -> usize {
+    let mut newest: HashMap<i32, i64> = HashMap::new();
+    user.iter()
+        .filter(|(_, e)| own_activity(e))
+        .filter(|(partition, e)| {
+            let day = day_of(e.header().timestamp);
+            let newest = newest.entry(*partition).or_insert(day);
+            *newest = (*newest).max(day);
+            day < *newest - 31
+        })
+        .count()
 }
 
 /// The activities that count for the active-user and cohort tables, in log order per source
-/// partition: all but those more than 31 days older than the newest activity day already
-/// seen in their source partition (README, "Late events").
+/// partition: all but those more than 31 days older than the newest day their user was
+/// already active through that source partition (README, "Late events").
 fn counted_activities(user: &[(i32, Event)], social: &[(i32, Event)]) -> Vec<Activity> {
     let own = user
         .iter()
@@ -1091,11 +1100,13 @@ fn counted_activities(user: &[(i32, Event)], social: &[(i32, Event)]) -> Vec<Act
             registers: false,
         })
     });
-    let mut newest: HashMap<(&'static str, i32), i64> = HashMap::new();
+    let mut newest: HashMap<(&'static str, i32, String), i64> = HashMap::new();
     own.chain(others)
         .filter(|a| {
             let day = day_of(a.at);
-            let newest = newest.entry((a.source, a.partition)).or_insert(day);
+            let newest = newest
+                .entry((a.source, a.partition, a.user.clone()))
+                .or_insert(day);
             *newest = (*newest).max(day);
             day >= *newest - 31
         })

@@ -1,75 +1,41 @@
-//! The per-partition entity `activity`: which users were active on which recent days in one
-//! source partition, and the partial active-user and cohort counts of that partition.
+//! One user's active days through one source partition, kept in that user's entity there
+//! (`user:<id>` on a user partition, `social:<id>` on a social one), and what they contribute
+//! to the partition's partial active-user and cohort counts.
+//!
+//! The counts across users are [partial rows](dietstream_runtime::projection#partial-rows):
+//! an entity reports +1 for a period the first time its user is active in it, and the runtime
+//! keeps the sums per source partition. So no entity holds every user of a partition, and
+//! each state stays a few dozen bytes however many users there are.
 
-use std::collections::BTreeMap;
-
-use dietstream_runtime::Row;
+use dietstream_runtime::{Partial, Row};
 use scylla::value::CqlValue;
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{cql_date, cql_timestamp, month_of, week_of};
 use crate::{ACTIVE_USERS, ACTIVE_USER_DAYS, COHORTS};
 
-/// Days of activity remembered per user: a month (at most 31 days) that starts up to
-/// [`LATE_DAYS`] before the newest day still fits.
+/// Days of activity remembered: a month (at most 31 days) that starts up to [`LATE_DAYS`]
+/// before the newest day still fits.
 const MASK_DAYS: i32 = 64;
 
-/// An activity event more than this many days older than the newest day seen in its partition
-/// changes no count (its period may already be pruned).
+/// An activity more than this many days older than the newest day its user was active
+/// through the same source partition changes no count: whether it is a new day, week or
+/// month for the user is no longer known.
 pub(crate) const LATE_DAYS: i32 = 31;
 
-/// One user's recent activity in this partition.
+/// One user's recent activity through one source partition.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct UserDays {
+pub(crate) struct ActiveDays {
     /// The newest day this user was active here.
     last_day: i32,
-    /// Bit `i` set: active on `last_day - i`.
+    /// Bit `i` set: active on `last_day - i`. Zero before the first activity.
     mask: u64,
-    /// The Monday of the registration week, for users registered through this partition.
+    /// The Monday of the registration week, once `user.registered` was seen here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cohort_week: Option<i32>,
 }
 
-impl UserDays {
-    fn active(&self, day: i32) -> bool {
-        let back = self.last_day - day;
-        (0..MASK_DAYS).contains(&back) && self.mask >> back & 1 == 1
-    }
-
-    fn active_between(&self, first: i32, last: i32) -> bool {
-        (first..=last).any(|day| self.active(day))
-    }
-
-    fn mark(&mut self, day: i32) {
-        if day > self.last_day {
-            let shift = day - self.last_day;
-            self.mask = if shift >= MASK_DAYS {
-                0
-            } else {
-                self.mask << shift
-            };
-            self.last_day = day;
-        }
-        self.mask |= 1 << (self.last_day - day);
-    }
-}
-
-/// What the partition entity keeps: recent days per user and the partial counts that can
-/// still change.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct PartitionActivity {
-    /// The newest activity day seen in this partition.
-    newest_day: Option<i32>,
-    users: BTreeMap<String, UserDays>,
-    /// Distinct active users per day, week (Monday) and month (first day), in this partition.
-    daily: BTreeMap<i32, i64>,
-    weekly: BTreeMap<i32, i64>,
-    monthly: BTreeMap<i32, i64>,
-    /// Registration week -> weeks since -> distinct users of that cohort active that week.
-    cohorts: BTreeMap<i32, BTreeMap<i32, i64>>,
-}
-
-/// One activity of one user, as the partition entity sees it.
+/// One activity of one user, as the entity of that user in the source partition sees it.
 pub(crate) struct Activity<'a> {
     /// The active user.
     pub(crate) user_id: &'a str,
@@ -83,34 +49,57 @@ pub(crate) struct Activity<'a> {
     pub(crate) registers: bool,
 }
 
-impl PartitionActivity {
-    /// Counts one activity; returns the rows whose values changed.
-    pub(crate) fn record(&mut self, activity: &Activity<'_>, partition: i32) -> Vec<Row> {
+impl ActiveDays {
+    fn active(&self, day: i32) -> bool {
+        let back = self.last_day - day;
+        (0..MASK_DAYS).contains(&back) && self.mask >> back & 1 == 1
+    }
+
+    fn active_between(&self, first: i32, last: i32) -> bool {
+        (first..=last).any(|day| self.active(day))
+    }
+
+    fn mark(&mut self, day: i32) {
+        if self.mask == 0 {
+            self.last_day = day;
+        } else if day > self.last_day {
+            let shift = day - self.last_day;
+            self.mask = if shift >= MASK_DAYS {
+                0
+            } else {
+                self.mask << shift
+            };
+            self.last_day = day;
+        }
+        self.mask |= 1 << (self.last_day - day);
+    }
+
+    /// Counts one activity in `partition`: the user's row of the day when the day is new to
+    /// them, and a +1 for each period (day, week, month, cohort week) that is.
+    pub(crate) fn record(
+        &mut self,
+        activity: &Activity<'_>,
+        partition: i32,
+    ) -> (Vec<Row>, Vec<Partial>) {
         let day = activity.day;
-        let newest = self.newest_day.map_or(day, |n| n.max(day));
-        if day < newest - LATE_DAYS {
-            return Vec::new();
+        if self.mask != 0 && day < self.last_day - LATE_DAYS {
+            return (Vec::new(), Vec::new());
         }
-        self.newest_day = Some(newest);
-        let user = self.users.entry(activity.user_id.to_owned()).or_default();
-        if user.mask == 0 {
-            user.last_day = day;
-        }
-        if activity.registers && user.cohort_week.is_none() {
-            user.cohort_week = Some(week_of(day));
+        if activity.registers && self.cohort_week.is_none() {
+            self.cohort_week = Some(week_of(day));
         }
         let week = week_of(day);
         let (month, month_end) = month_of(day);
-        let new_day = !user.active(day);
-        let new_week = !user.active_between(week, week + 6);
-        let new_month = !user.active_between(month, month_end);
-        user.mark(day);
-        let cohort = user.cohort_week.filter(|w| new_week && week >= *w);
+        let new_day = !self.active(day);
+        let new_week = !self.active_between(week, week + 6);
+        let new_month = !self.active_between(month, month_end);
+        self.mark(day);
 
-        let mut rows = Vec::new();
         let source = activity.source;
+        let mut rows = Vec::new();
+        let mut partials = Vec::new();
         if new_day {
-            rows.push(bump(&mut self.daily, "day", day, source, partition));
+            partials.push(one_more_user("day", day, source));
             rows.push(Row::upsert(
                 ACTIVE_USER_DAYS.name,
                 vec![
@@ -123,65 +112,34 @@ impl PartitionActivity {
             ));
         }
         if new_week {
-            rows.push(bump(&mut self.weekly, "week", week, source, partition));
+            partials.push(one_more_user("week", week, source));
         }
         if new_month {
-            rows.push(bump(&mut self.monthly, "month", month, source, partition));
+            partials.push(one_more_user("month", month, source));
         }
-        if let Some(cohort_week) = cohort {
-            let offset = (week - cohort_week) / 7;
-            let count = self
-                .cohorts
-                .entry(cohort_week)
-                .or_default()
-                .entry(offset)
-                .or_default();
-            *count += 1;
-            rows.push(Row::upsert(
-                COHORTS.name,
-                vec![
+        if let Some(cohort_week) = self.cohort_week.filter(|w| new_week && week >= *w) {
+            partials.push(Partial {
+                table: COHORTS.name,
+                key: vec![
                     cql_date(cohort_week),
-                    CqlValue::Int(offset),
-                    CqlValue::Int(partition),
+                    CqlValue::Int((week - cohort_week) / 7),
                 ],
-                vec![Some(CqlValue::BigInt(*count))],
-            ));
+                deltas: vec![1],
+            });
         }
-        self.prune(newest);
-        rows
-    }
-
-    /// Drops what no accepted event can change any more: periods that start before the
-    /// oldest day still counted, and unregistered users idle longer than the mask.
-    fn prune(&mut self, newest: i32) {
-        let oldest_start = month_of(newest - LATE_DAYS)
-            .0
-            .min(week_of(newest - LATE_DAYS));
-        for counts in [&mut self.daily, &mut self.weekly, &mut self.monthly] {
-            *counts = counts.split_off(&oldest_start);
-        }
-        self.users
-            .retain(|_, u| u.cohort_week.is_some() || u.last_day > newest - MASK_DAYS);
+        (rows, partials)
     }
 }
 
-fn bump(
-    counts: &mut BTreeMap<i32, i64>,
-    period: &str,
-    start: i32,
-    source: &str,
-    partition: i32,
-) -> Row {
-    let count = counts.entry(start).or_default();
-    *count += 1;
-    Row::upsert(
-        ACTIVE_USERS.name,
-        vec![
+/// One more distinct active user in a period, through `source`.
+fn one_more_user(period: &str, start: i32, source: &str) -> Partial {
+    Partial {
+        table: ACTIVE_USERS.name,
+        key: vec![
             CqlValue::Text(period.to_owned()),
             cql_date(start),
             CqlValue::Text(source.to_owned()),
-            CqlValue::Int(partition),
         ],
-        vec![Some(CqlValue::BigInt(*count))],
-    )
+        deltas: vec![1],
+    }
 }

@@ -5,19 +5,24 @@
 //! Entities (each within one source partition, DESIGN decision 4):
 //! - `user:<id>` on a user partition: the user's own figures ([`USERS`], [`SESSIONS`]);
 //! - `social:<id>` on a social partition: that user's social counts there ([`SOCIAL`]);
-//! - `activity` on every partition: the partition's partial active-user and cohort counts
-//!   ([`ACTIVE_USERS`], [`ACTIVE_USER_DAYS`], [`COHORTS`]), summed or unioned when read.
+//!
+//! Both kinds also keep the user's recent active days through their source partition, from
+//! which they write [`ACTIVE_USER_DAYS`] and report their share of the partial active-user and
+//! cohort counts ([`ACTIVE_USERS`], [`COHORTS`]: one row per source partition, summed when
+//! read) to the runtime.
 
 mod activity;
 mod calendar;
 mod social;
 mod user;
 
-use dietstream_runtime::{Effects, Origin, Projection, Row, RuleError, Table};
+use dietstream_runtime::{
+    Effects, Origin, Partial, PartialTable, Projection, Row, RuleError, Sum, Table,
+};
 use dietstream_schemas::Event;
 use serde::{Deserialize, Serialize};
 
-use crate::activity::{Activity, PartitionActivity};
+use crate::activity::{ActiveDays, Activity};
 use crate::calendar::day_of;
 use crate::social::{SocialAction, SocialCounts};
 use crate::user::{Progress, UserEngagement};
@@ -90,6 +95,18 @@ pub const COHORTS: Table = Table {
     values: &["active_users"],
 };
 
+/// The partial tables: one count per key and source partition, summed when read.
+const PARTIALS: &[PartialTable] = &[
+    PartialTable {
+        name: ACTIVE_USERS.name,
+        sums: &[Sum::BigInt],
+    },
+    PartialTable {
+        name: COHORTS.name,
+        sums: &[Sum::BigInt],
+    },
+];
+
 const TABLES: &[Table] = &[
     USERS,
     SESSIONS,
@@ -145,9 +162,9 @@ pub struct EngagementState {
     /// A `social:<id>` entity's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     social: Option<SocialCounts>,
-    /// The `activity` entity's state.
+    /// The user's recent active days through the entity's source partition (both kinds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    activity: Option<PartitionActivity>,
+    days: Option<ActiveDays>,
 }
 
 /// The engagement projection.
@@ -168,7 +185,8 @@ impl EngagementProjection {
     }
 }
 
-const ACTIVITY_ENTITY: &str = "activity";
+/// The entity an event that breaks a rule is refused by (once, whatever users it names).
+const REFUSED_ENTITY: &str = "refused";
 const USER_PREFIX: &str = "user:";
 const SOCIAL_PREFIX: &str = "social:";
 
@@ -360,6 +378,10 @@ impl Projection for EngagementProjection {
         TABLES
     }
 
+    fn partials(&self) -> &'static [PartialTable] {
+        PARTIALS
+    }
+
     fn migrations(&self) -> Vec<String> {
         MIGRATIONS.iter().map(|m| (*m).to_owned()).collect()
     }
@@ -370,26 +392,16 @@ impl Projection for EngagementProjection {
 
     fn entities(&self, event: &Event, _origin: &Origin<'_>) -> Vec<String> {
         match meaning(event) {
-            Ok(Some(Meaning::Acted { user_id, .. })) => {
-                vec![
-                    format!("{USER_PREFIX}{user_id}"),
-                    ACTIVITY_ENTITY.to_owned(),
-                ]
-            }
-            Ok(Some(Meaning::Progressed { user_id, .. })) => {
+            Ok(Some(Meaning::Acted { user_id, .. } | Meaning::Progressed { user_id, .. })) => {
                 vec![format!("{USER_PREFIX}{user_id}")]
             }
-            Ok(Some(Meaning::Social(users))) => {
-                let mut entities: Vec<String> = users
-                    .iter()
-                    .map(|(u, _)| format!("{SOCIAL_PREFIX}{u}"))
-                    .collect();
-                entities.push(ACTIVITY_ENTITY.to_owned());
-                entities
-            }
+            Ok(Some(Meaning::Social(users))) => users
+                .iter()
+                .map(|(u, _)| format!("{SOCIAL_PREFIX}{u}"))
+                .collect(),
             Ok(None) => Vec::new(),
             // One entity, so that `apply` reports the broken rule once.
-            Err(_) => vec![ACTIVITY_ENTITY.to_owned()],
+            Err(_) => vec![REFUSED_ENTITY.to_owned()],
         }
     }
 
@@ -406,29 +418,8 @@ impl Projection for EngagementProjection {
         let header = event.header();
         let at = header.timestamp;
         let day = day_of(at);
-        let rows: Vec<Row> = if entity == ACTIVITY_ENTITY {
-            let (user_id, source, registers) = match &meaning {
-                Meaning::Acted {
-                    user_id, registers, ..
-                } => (*user_id, "user", *registers),
-                Meaning::Social(users) => match users.first() {
-                    Some((actor, _)) => (*actor, "social", false),
-                    None => return Ok(Effects::default()),
-                },
-                Meaning::Progressed { .. } => return Ok(Effects::default()),
-            };
-            let activity = Activity {
-                user_id,
-                source,
-                at,
-                day,
-                registers,
-            };
-            state
-                .activity
-                .get_or_insert_with(Default::default)
-                .record(&activity, origin.partition)
-        } else if let Some(user_id) = entity.strip_prefix(USER_PREFIX) {
+        let mut effects = Effects::default();
+        if let Some(user_id) = entity.strip_prefix(USER_PREFIX) {
             let user = state.user.get_or_insert_with(Default::default);
             match meaning {
                 Meaning::Acted {
@@ -437,35 +428,64 @@ impl Projection for EngagementProjection {
                     ..
                 } => {
                     let session_id = header.session_id.as_deref();
-                    let mut rows =
+                    effects.rows =
                         user.record_activity(user_id, at, day, session_id, registers, &self.config);
                     if let Some(progress) = progress {
-                        rows.extend(user.progress(user_id, progress));
+                        effects.rows.extend(user.progress(user_id, progress));
                     }
-                    rows
+                    let activity = Activity {
+                        user_id,
+                        source: "user",
+                        at,
+                        day,
+                        registers,
+                    };
+                    count(&mut state.days, &activity, origin.partition, &mut effects);
                 }
-                Meaning::Progressed { progress, .. } => user.progress(user_id, progress),
-                Meaning::Social(_) => Vec::new(),
+                Meaning::Progressed { progress, .. } => {
+                    effects.rows = user.progress(user_id, progress);
+                }
+                Meaning::Social(_) => {}
             }
         } else if let Some(user_id) = entity.strip_prefix(SOCIAL_PREFIX) {
             let Meaning::Social(users) = meaning else {
-                return Ok(Effects::default());
+                return Ok(effects);
             };
             let counts = state.social.get_or_insert_with(Default::default);
-            users
+            effects.rows = users
                 .iter()
                 .filter(|(u, _)| *u == user_id)
                 .map(|(_, action)| counts.record(user_id, origin.partition, *action, at))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Ok(Effects {
-            rows,
-            commands: Vec::new(),
-            partials: Vec::new(),
-        })
+                .collect();
+            // The first user named is the one who acted.
+            if users.first().is_some_and(|(actor, _)| *actor == user_id) {
+                let activity = Activity {
+                    user_id,
+                    source: "social",
+                    at,
+                    day,
+                    registers: false,
+                };
+                count(&mut state.days, &activity, origin.partition, &mut effects);
+            }
+        }
+        Ok(effects)
     }
+}
+
+/// Counts an activity in the user's active days of this source partition: its rows and its
+/// share of the partial counts join `effects`.
+fn count(
+    days: &mut Option<ActiveDays>,
+    activity: &Activity<'_>,
+    partition: i32,
+    effects: &mut Effects,
+) {
+    let (rows, partials): (Vec<Row>, Vec<Partial>) = days
+        .get_or_insert_with(Default::default)
+        .record(activity, partition);
+    effects.rows.extend(rows);
+    effects.partials.extend(partials);
 }
 
 /// The CQL tables, created idempotently.

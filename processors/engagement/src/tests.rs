@@ -471,37 +471,94 @@ fn social_actions_count_for_the_actor_in_the_social_partition() {
 }
 
 #[test]
-fn the_partition_state_keeps_only_what_can_still_change() {
-    let mut events = vec![(USER_TOPIC, 0, registered("ann", MONDAY))];
-    events.extend((1..200).map(|d| (USER_TOPIC, 0, meal_logged("ann", MONDAY + d * DAY))));
-    events.extend((0..5).map(|d| {
-        (
-            USER_TOPIC,
-            0,
-            registered(&format!("v{d}"), MONDAY + d * DAY),
+fn each_state_holds_one_user_however_many_share_the_partition() {
+    let ann = |others: i64| {
+        let mut events = vec![(USER_TOPIC, 0, registered("ann", MONDAY))];
+        events.extend((1..200).map(|d| (USER_TOPIC, 0, meal_logged("ann", MONDAY + d * DAY))));
+        events.extend((0..others).map(|u| {
+            (
+                USER_TOPIC,
+                0,
+                registered(&format!("v{u}"), MONDAY + 199 * DAY + u * MINUTE),
+            )
+        }));
+        let memory = run(&events);
+        let state = memory
+            .state(USER_TOPIC, 0, "user:ann")
+            .expect("ann's state");
+        let json = serde_json::to_vec(state).expect("serialises");
+        let day = 20_773 + 199;
+        let active = row(
+            memory.tables(),
+            ACTIVE_USERS.name,
+            &[text("day"), cql_date(day), text("user"), CqlValue::Int(0)],
         )
-    }));
-    let memory = run(&events);
-    let state = memory
-        .state(USER_TOPIC, 0, ACTIVITY_ENTITY)
-        .expect("the partition's activity");
-    let json = serde_json::to_value(state).expect("serialises");
-    let kept = |field: &str| json["activity"][field].as_object().map_or(0, |o| o.len());
-    assert!(kept("daily") <= 64, "{} days kept", kept("daily"));
-    assert!(kept("weekly") <= 10);
-    assert!(kept("monthly") <= 3);
-    assert_eq!(kept("users"), 1);
-    // Five users registered on the first days, long before the newest day: their events are
-    // late and count for their own rows only.
+        .cloned();
+        (json, active)
+    };
+    let (alone, active_alone) = ann(0);
+    let (beside, active_beside) = ann(500);
+    // Streak, session, XP and a 64-day mask: after 200 days, and the same beside 500 other
+    // users of the partition, who are counted all the same.
+    assert!(alone.len() < 1024, "ann's state is {} bytes", alone.len());
+    assert_eq!(alone, beside);
+    assert_eq!(active_alone, Some(vec![Some(CqlValue::BigInt(1))]));
+    assert_eq!(active_beside, Some(vec![Some(CqlValue::BigInt(501))]));
+}
+
+#[test]
+fn an_activity_over_31_days_before_the_users_newest_counts_for_their_own_row_only() {
+    let memory = run(&[
+        (USER_TOPIC, 0, registered("ann", MONDAY)),
+        (USER_TOPIC, 0, meal_logged("ann", MONDAY + 40 * DAY)),
+        // 32 days before her newest: late. 31 days before: still counted.
+        (USER_TOPIC, 0, meal_logged("ann", MONDAY + 8 * DAY)),
+        (USER_TOPIC, 0, meal_logged("ann", MONDAY + 9 * DAY)),
+        // Bob's whole history reaches the partition after Ann's newest day: it is in his
+        // own order, so none of it is late.
+        (USER_TOPIC, 0, registered("bob", MONDAY + DAY)),
+        (USER_TOPIC, 0, meal_logged("bob", MONDAY + 8 * DAY)),
+    ]);
     let tables = memory.tables();
-    assert!(row(tables, USERS.name, &[text("v4")]).is_some());
-    assert_eq!(
+    let users = |day: i32| {
+        row(
+            tables,
+            ACTIVE_USERS.name,
+            &[text("day"), cql_date(day), text("user"), CqlValue::Int(0)],
+        )
+        .map(|v| v[0].clone())
+    };
+    let seen = |day: i32, user: &str| {
         row(
             tables,
             ACTIVE_USER_DAYS.name,
-            &[cql_date(20_777), text("v4"), text("user"), CqlValue::Int(0)],
-        ),
-        None
+            &[cql_date(day), text(user), text("user"), CqlValue::Int(0)],
+        )
+        .is_some()
+    };
+    let big = |n| Some(Some(CqlValue::BigInt(n)));
+    assert!(!seen(20_773 + 8, "ann"));
+    assert_eq!(users(20_773 + 8), big(1), "Bob only on day 8");
+    assert!(seen(20_773 + 9, "ann"));
+    assert_eq!(users(20_773 + 9), big(1));
+    assert!(seen(20_773 + 1, "bob"));
+    // The cohort of that week: Ann and Bob registered, Ann's week 1 activity was late, Bob's
+    // was not.
+    let cohort = |offset: i32| {
+        row(
+            tables,
+            COHORTS.name,
+            &[cql_date(20_773), CqlValue::Int(offset), CqlValue::Int(0)],
+        )
+        .map(|v| v[0].clone())
+    };
+    assert_eq!(cohort(0), big(2));
+    assert_eq!(cohort(1), big(2), "Ann's day 9 and Bob's day 8");
+    // Her own row counts the late meal: the newest activity is still day 40's.
+    let ann = row(tables, USERS.name, &[text("ann")]).expect("ann's row");
+    assert_eq!(
+        column(&USERS, ann, "last_activity_at"),
+        Some(cql_timestamp(MONDAY + 40 * DAY))
     );
 }
 
