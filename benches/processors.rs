@@ -67,7 +67,7 @@ use prometheus::proto::MetricFamily;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use scylla::client::session::Session;
 use scylla::value::CqlValue;
@@ -626,9 +626,10 @@ async fn consume_only(
         seen += batch.len() as u64;
         if decode {
             for message in &batch {
-                let typed = message
-                    .headers()
-                    .is_some_and(|headers| headers.iter().any(|h| h.key == RECORD_TYPE_HEADER));
+                // The loop's own scan for the type header.
+                let typed =
+                    dietstream_runtime::headers::find(message.headers(), RECORD_TYPE_HEADER)
+                        .is_some();
                 let decoded = match message.payload() {
                     Some(payload) if typed => fresh.codec.decode_event(payload).await.is_ok(),
                     _ => false,

@@ -27,7 +27,7 @@ use dietstream_schemas::Command;
 use dietstream_topology::{partition_for, Kind, Topology, TopologyError};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -592,12 +592,12 @@ async fn listen(consumer: StreamConsumer, codec: Arc<BusCodec>, pending: Pending
                 continue;
             }
         };
-        let is_result = message.headers().is_none_or(|headers| {
-            headers.iter().all(|h| {
-                h.key != RECORD_TYPE_HEADER
-                    || h.value == Some(CommandResult::RECORD_TYPE.as_bytes())
-            })
-        });
+        let is_result = dietstream_runtime::headers::read(message.headers())
+            .readable
+            .iter()
+            .all(|(name, value)| {
+                *name != RECORD_TYPE_HEADER || *value == Some(CommandResult::RECORD_TYPE.as_bytes())
+            });
         let Some(payload) = message.payload().filter(|_| is_result).map(<[u8]>::to_vec) else {
             continue;
         };

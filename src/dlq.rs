@@ -25,7 +25,7 @@ use dietstream_schemas::headers::{
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
@@ -79,11 +79,9 @@ pub struct DeadLetter {
 impl DeadLetter {
     fn from_message(message: &BorrowedMessage<'_>, redriven_below: Option<i64>) -> DeadLetter {
         let mut headers: HashMap<&str, String> = HashMap::new();
-        if let Some(all) = message.headers() {
-            for header in all.iter() {
-                if let Some(value) = header.value {
-                    headers.insert(header.key, String::from_utf8_lossy(value).into_owned());
-                }
+        for (name, value) in dietstream_runtime::headers::read(message.headers()).readable {
+            if let Some(value) = value {
+                headers.insert(name, String::from_utf8_lossy(value).into_owned());
             }
         }
         let text = |name: &str| headers.get(name).cloned();

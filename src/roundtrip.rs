@@ -12,7 +12,7 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
@@ -298,10 +298,7 @@ pub async fn run(
             ),
         });
     }
-    let event_type = message
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == RECORD_TYPE_HEADER))
-        .and_then(|h| h.value)
+    let event_type = dietstream_runtime::headers::find(message.headers(), RECORD_TYPE_HEADER)
         .map(String::from_utf8_lossy);
     record(
         "consume",

@@ -23,7 +23,6 @@ use dietstream_topology::Topology;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -150,19 +149,27 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_processor_goes_on() {
     let (stop, processor) = start(&config, CommandsConfig::default());
     let bus = CommandBus::from_config(&config, "test").await.expect("bus");
 
-    // Bytes that are no Avro record at all, on the partition of their key.
-    let producer: FutureProducer = stack.producer();
+    // Bytes that are no Avro record at all, on the partition of their key, with a header
+    // whose name is not UTF-8 (written by hand: no client library writes one, and
+    // rust-rdkafka panics when it reads one). The commands topic keeps a batch as the
+    // producer wrote it (`compression.type=producer`).
     let key = format!("{}-garbage", stack.prefix);
-    producer
-        .send(
-            FutureRecord::to(&topics.commands)
-                .key(&key)
-                .payload(b"\x07not avro".as_slice())
-                .partition(dietstream_topology::partition_for(&key, topics.partitions)),
-            TIMEOUT,
-        )
-        .await
-        .expect("garbage sent");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    common::raw_produce::produce(
+        &config.kafka.bootstrap_servers,
+        &topics.commands,
+        dietstream_topology::partition_for(&key, topics.partitions),
+        &common::raw_produce::RawRecord {
+            key: key.as_bytes(),
+            value: b"\x07not avro",
+            headers: &[(b"trace", b"abc"), (b"\xffnot utf-8", b"x")],
+            timestamp_ms: now_ms,
+            zstd: false,
+        },
+    )
+    .expect("garbage sent");
 
     // A command addressed to an aggregate type the processor does not own.
     let user = format!("{}-system", stack.prefix);
@@ -221,6 +228,11 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_processor_goes_on() {
     assert!(letter
         .header(headers::DLQ_ERROR_MESSAGE)
         .is_some_and(|m| m.contains("not the Confluent wire format")));
+    assert_eq!(
+        letter.header("trace"),
+        Some("abc"),
+        "the readable original header is kept"
+    );
 
     stop.send(()).expect("processor running");
     let summary = processor.await.expect("joined").expect("clean stop");

@@ -14,7 +14,7 @@ use dietstream_schemas::codec::{Codec, Record, RECORD_TYPE_HEADER};
 use dietstream_schemas::types::AiInsightCreated;
 use dietstream_schemas::Event;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
@@ -103,12 +103,13 @@ async fn read(
                 continue;
             }
         };
-        let is_insight = message.headers().is_some_and(|headers| {
-            headers.iter().any(|h| {
-                h.key == RECORD_TYPE_HEADER
-                    && h.value == Some(AiInsightCreated::RECORD_TYPE.as_bytes())
-            })
-        });
+        let is_insight = dietstream_runtime::headers::read(message.headers())
+            .readable
+            .iter()
+            .any(|(name, value)| {
+                *name == RECORD_TYPE_HEADER
+                    && *value == Some(AiInsightCreated::RECORD_TYPE.as_bytes())
+            });
         let for_player = message
             .key()
             .and_then(|key| std::str::from_utf8(key).ok())

@@ -17,6 +17,7 @@ mod containers;
 pub mod dead_letters;
 pub mod events;
 pub mod oracle;
+pub mod raw_produce;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -30,7 +30,7 @@ use dietstream_schemas::{codec::Record, Command, Event};
 use dietstream_topology::partition_for;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
@@ -670,13 +670,9 @@ impl<R: SchemaRegistry> State<R> {
             "Command dead-lettered."
         );
         let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for header in original.iter() {
-                headers = headers.insert(Header {
-                    key: header.key,
-                    value: header.value,
-                });
-            }
+        // Headers whose name is not UTF-8 are left out (`headers::read`).
+        for (key, value) in dietstream_runtime::headers::read(message.headers()).readable {
+            headers = headers.insert(Header { key, value });
         }
         let letter = DeadLetter {
             original_topic: message.topic(),

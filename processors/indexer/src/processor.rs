@@ -20,7 +20,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext};
@@ -652,15 +652,13 @@ impl<R: SchemaRegistry> Indexer<R> {
         rejection: &Rejection,
         retry_count: u32,
     ) -> Result<(), String> {
-        let original: Vec<(String, Option<Vec<u8>>)> = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Headers whose name is not UTF-8 are left out (`headers::read`).
+        let original: Vec<(String, Option<Vec<u8>>)> =
+            dietstream_runtime::headers::read(message.headers())
+                .readable
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.map(<[u8]>::to_vec)))
+                .collect();
         let letter = DeadLetter {
             original_topic: message.topic(),
             original_partition: message.partition(),

@@ -36,7 +36,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -1006,13 +1006,8 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
 }
 
 fn event_type(message: &OwnedMessage) -> Option<&str> {
-    message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == RECORD_TYPE_HEADER)
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    })
+    crate::headers::find(message.headers(), RECORD_TYPE_HEADER)
+        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 fn now_ms() -> i64 {
@@ -1187,15 +1182,15 @@ async fn send_letter<P: Projection, R>(
     retries: u32,
 ) -> Result<(), Failure> {
     let message = &letter.message;
-    let original: Vec<(String, Option<Vec<u8>>)> = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = crate::headers::read(message.headers());
+    if let Some(problem) = headers.problem() {
+        warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %problem, "Dead-lettering a record with unreadable headers.");
+    }
+    let original: Vec<(String, Option<Vec<u8>>)> = headers
+        .readable
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), value.map(<[u8]>::to_vec)))
+        .collect();
     let topic = &shared.topics.dead_letter;
     let context = DeadLetter {
         original_topic: message.topic(),

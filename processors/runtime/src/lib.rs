@@ -9,6 +9,7 @@ pub mod config;
 pub mod consume;
 pub mod dead_letter;
 pub mod generation;
+pub mod headers;
 pub mod http;
 pub mod memory;
 pub mod metrics;
