@@ -3,8 +3,9 @@
 //! rust-rdkafka's header accessors (`Headers::try_get`, `iter`, `get_as`) unwrap the header
 //! name as UTF-8, so a record whose producer wrote a name that is not UTF-8 (Kafka allows any
 //! bytes; no common client writes them, a hand-made one can) would panic whatever reads it.
-//! [`read`] reads each header on its own and keeps those it can; the caller decides what an
-//! unreadable one means (the consume loop dead-letters the record).
+//! [`read`] reads each header on its own and keeps those it can, [`find`] looks for one name
+//! the same way; the caller decides what an unreadable one means (the consume loop passes over
+//! it, as it needs only `event_type`; a dead letter leaves it out).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
