@@ -154,9 +154,6 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_processor_goes_on() {
     // rust-rdkafka panics when it reads one). The commands topic keeps a batch as the
     // producer wrote it (`compression.type=producer`).
     let key = format!("{}-garbage", stack.prefix);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     common::raw_produce::produce(
         &config.kafka.bootstrap_servers,
         &topics.commands,
@@ -165,7 +162,7 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_processor_goes_on() {
             key: key.as_bytes(),
             value: b"\x07not avro",
             headers: &[(b"trace", b"abc"), (b"\xffnot utf-8", b"x")],
-            timestamp_ms: now_ms,
+            timestamp_ms: common::raw_produce::now_ms(),
             zstd: false,
         },
     )

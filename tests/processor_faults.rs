@@ -641,9 +641,6 @@ async fn bad_records_then_water(
         offsets.push(delivery.offset);
     }
     let odd_name: &[u8] = b"\xffnot utf-8\xfe";
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let type_header = (
         RECORD_TYPE_HEADER.as_bytes(),
         &b"nutrition.water.logged"[..],
@@ -661,7 +658,7 @@ async fn bad_records_then_water(
             key: key.as_bytes(),
             value,
             headers: &headers,
-            timestamp_ms: now_ms,
+            timestamp_ms: common::raw_produce::now_ms(),
             // The event topics are zstd: an uncompressed batch would be rewritten.
             zstd: true,
         };

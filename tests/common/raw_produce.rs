@@ -20,6 +20,13 @@ pub struct RawRecord<'a> {
     pub zstd: bool,
 }
 
+/// Milliseconds since the epoch: a record's timestamp now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Zig-zag varint, as a record batch's records use.
 fn varint(out: &mut Vec<u8>, value: i64) {
     let mut z = ((value << 1) ^ (value >> 63)) as u64;

@@ -7,7 +7,7 @@
 //! keeps the sums per source partition. So no entity holds every user of a partition, and
 //! each state stays a few dozen bytes however many users there are.
 
-use dietstream_runtime::{Partial, Row};
+use dietstream_runtime::{Effects, Partial, Row};
 use scylla::value::CqlValue;
 use serde::{Deserialize, Serialize};
 
@@ -74,16 +74,17 @@ impl ActiveDays {
         self.mask |= 1 << (self.last_day - day);
     }
 
-    /// Counts one activity in `partition`: the user's row of the day when the day is new to
-    /// them, and a +1 for each period (day, week, month, cohort week) that is.
+    /// Counts one activity in `partition` into `effects`: the user's row of the day when the
+    /// day is new to them, and a +1 for each period (day, week, month, cohort week) that is.
     pub(crate) fn record(
         &mut self,
         activity: &Activity<'_>,
         partition: i32,
-    ) -> (Vec<Row>, Vec<Partial>) {
+        effects: &mut Effects,
+    ) {
         let day = activity.day;
         if self.mask != 0 && day < self.last_day - LATE_DAYS {
-            return (Vec::new(), Vec::new());
+            return;
         }
         if activity.registers && self.cohort_week.is_none() {
             self.cohort_week = Some(week_of(day));
@@ -96,8 +97,7 @@ impl ActiveDays {
         self.mark(day);
 
         let source = activity.source;
-        let mut rows = Vec::new();
-        let mut partials = Vec::new();
+        let Effects { rows, partials, .. } = effects;
         if new_day {
             partials.push(one_more_user("day", day, source));
             rows.push(Row::upsert(
@@ -127,7 +127,6 @@ impl ActiveDays {
                 deltas: vec![1],
             });
         }
-        (rows, partials)
     }
 }
 

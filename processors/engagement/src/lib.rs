@@ -16,9 +16,7 @@ mod calendar;
 mod social;
 mod user;
 
-use dietstream_runtime::{
-    Effects, Origin, Partial, PartialTable, Projection, Row, RuleError, Sum, Table,
-};
+use dietstream_runtime::{Effects, Origin, PartialTable, Projection, RuleError, Sum, Table};
 use dietstream_schemas::Event;
 use serde::{Deserialize, Serialize};
 
@@ -440,7 +438,11 @@ impl Projection for EngagementProjection {
                         day,
                         registers,
                     };
-                    count(&mut state.days, &activity, origin.partition, &mut effects);
+                    state.days.get_or_insert_with(ActiveDays::default).record(
+                        &activity,
+                        origin.partition,
+                        &mut effects,
+                    );
                 }
                 Meaning::Progressed { progress, .. } => {
                     effects.rows = user.progress(user_id, progress);
@@ -466,26 +468,15 @@ impl Projection for EngagementProjection {
                     day,
                     registers: false,
                 };
-                count(&mut state.days, &activity, origin.partition, &mut effects);
+                state.days.get_or_insert_with(ActiveDays::default).record(
+                    &activity,
+                    origin.partition,
+                    &mut effects,
+                );
             }
         }
         Ok(effects)
     }
-}
-
-/// Counts an activity in the user's active days of this source partition: its rows and its
-/// share of the partial counts join `effects`.
-fn count(
-    days: &mut Option<ActiveDays>,
-    activity: &Activity<'_>,
-    partition: i32,
-    effects: &mut Effects,
-) {
-    let (rows, partials): (Vec<Row>, Vec<Partial>) = days
-        .get_or_insert_with(Default::default)
-        .record(activity, partition);
-    effects.rows.extend(rows);
-    effects.partials.extend(partials);
 }
 
 /// The CQL tables, created idempotently.

@@ -653,12 +653,7 @@ impl<R: SchemaRegistry> Indexer<R> {
         retry_count: u32,
     ) -> Result<(), String> {
         // Headers whose name is not UTF-8 are left out (`headers::read`).
-        let original: Vec<(String, Option<Vec<u8>>)> =
-            dietstream_runtime::headers::read(message.headers())
-                .readable
-                .iter()
-                .map(|(name, value)| ((*name).to_owned(), value.map(<[u8]>::to_vec)))
-                .collect();
+        let original = dietstream_runtime::headers::read(message.headers()).to_owned_pairs();
         let letter = DeadLetter {
             original_topic: message.topic(),
             original_partition: message.partition(),

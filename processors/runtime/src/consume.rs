@@ -1186,11 +1186,7 @@ async fn send_letter<P: Projection, R>(
     if let Some(problem) = headers.problem() {
         warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %problem, "Dead-lettering a record with unreadable headers.");
     }
-    let original: Vec<(String, Option<Vec<u8>>)> = headers
-        .readable
-        .iter()
-        .map(|(name, value)| ((*name).to_owned(), value.map(<[u8]>::to_vec)))
-        .collect();
+    let original = headers.to_owned_pairs();
     let topic = &shared.topics.dead_letter;
     let context = DeadLetter {
         original_topic: message.topic(),

@@ -9,7 +9,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use rdkafka::message::Headers;
+use rdkafka::message::{Header, Headers};
 
 /// The headers of a record that could be read, in order, and how many could not.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -27,6 +27,14 @@ impl<'m> ReadHeaders<'m> {
             .iter()
             .find(|(n, _)| *n == name)
             .and_then(|(_, v)| *v)
+    }
+
+    /// Owned copies of the readable headers, as a dead letter carries them.
+    pub fn to_owned_pairs(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        self.readable
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), value.map(<[u8]>::to_vec)))
+            .collect()
     }
 
     /// What is wrong with them, for a dead letter's message: `None` when all were read.
@@ -48,15 +56,26 @@ pub fn read<H: Headers + ?Sized>(headers: Option<&H>) -> ReadHeaders<'_> {
         return read;
     };
     for index in 0..headers.count() {
-        // The panic is rust-rdkafka's `CStr::to_str().unwrap()` on the name: nothing is left
-        // half-changed by it, so unwinding past it is sound.
-        match catch_unwind(AssertUnwindSafe(|| headers.try_get(index))) {
+        match get(headers, index) {
             Ok(Some(header)) => read.readable.push((header.key, header.value)),
             Ok(None) => {}
-            Err(_) => read.unreadable += 1,
+            Err(Unreadable) => read.unreadable += 1,
         }
     }
     read
+}
+
+/// A header whose name is not UTF-8.
+struct Unreadable;
+
+/// The header at `index`, or [`Unreadable`] where rust-rdkafka panics on its name.
+fn get<H: Headers + ?Sized>(
+    headers: &H,
+    index: usize,
+) -> Result<Option<Header<'_, &[u8]>>, Unreadable> {
+    // The panic is rust-rdkafka's `CStr::to_str().unwrap()` on the name: nothing is left
+    // half-changed by it, so unwinding past it is sound.
+    catch_unwind(AssertUnwindSafe(|| headers.try_get(index))).map_err(|_| Unreadable)
 }
 
 /// The value of the first header named `name` (`None`: no such header, or a null value),
@@ -65,18 +84,16 @@ pub fn read<H: Headers + ?Sized>(headers: Option<&H>) -> ReadHeaders<'_> {
 pub fn find<'h, H: Headers + ?Sized>(headers: Option<&'h H>, name: &str) -> Option<&'h [u8]> {
     let headers = headers?;
     (0..headers.count())
-        .find_map(
-            |index| match catch_unwind(AssertUnwindSafe(|| headers.try_get(index))) {
-                Ok(Some(header)) if header.key == name => Some(header.value),
-                _ => None,
-            },
-        )
+        .find_map(|index| match get(headers, index) {
+            Ok(Some(header)) if header.key == name => Some(header.value),
+            _ => None,
+        })
         .flatten()
 }
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::message::OwnedHeaders;
 
     use super::*;
 
