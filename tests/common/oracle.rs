@@ -153,6 +153,12 @@ fn add_known(sum: &mut Option<f64>, value: Option<f64>) {
     }
 }
 
+/// A sum of logged amounts as the READMEs say it is compared with a target: taken to the
+/// millionth, so the order of its terms does not matter.
+fn settled(sum: f64) -> f64 {
+    (sum * 1e6).round() / 1e6
+}
+
 impl Figures {
     fn add_items(&mut self, meal_type: MealType, items: &[MealItem]) {
         for item in items {
@@ -360,6 +366,17 @@ impl NutritionUser {
         figures.water = self.water.get(&day).copied().unwrap_or(0);
         if figures.meals == 0 && figures.water == 0 {
             return None;
+        }
+        for x in [
+            &mut figures.energy,
+            &mut figures.protein,
+            &mut figures.carbohydrate,
+            &mut figures.fat,
+        ] {
+            *x = settled(*x);
+        }
+        for x in [&mut figures.fibre, &mut figures.sugar, &mut figures.sodium] {
+            *x = x.map(settled);
         }
         let goal = self.goal_on(day);
         figures.goal_met = goal.and_then(|g| g.judge(&figures));
@@ -1540,7 +1557,7 @@ fn condition_held(definition: &str, period_day: i64, events: &[&Event]) -> bool 
                     *protein.entry(*day).or_default() += grams;
                 }
             }
-            protein.values().filter(|g| **g >= 100.0).count() >= 3
+            protein.values().filter(|g| settled(**g) >= 100.0).count() >= 3
         }
         other => panic!("completed quest of an unknown definition {other}"),
     }

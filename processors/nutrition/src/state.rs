@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Datelike, NaiveDate};
+use dietstream_runtime::amount::settled;
 use dietstream_schemas::types::{
     MealItem, MealType, NutritionGoalKind, NutritionGoalUpdatedPayload,
 };
@@ -98,6 +99,19 @@ impl Nutrients {
             sugar_g: add_known(n.sugar_g, i.sugar_g),
             sodium_mg: add_known(n.sodium_mg, i.sodium_mg),
         })
+    }
+
+    /// Every figure [`settled`]: the same whatever order the meals were added in.
+    fn settled(self) -> Nutrients {
+        Nutrients {
+            energy_kcal: settled(self.energy_kcal),
+            protein_g: settled(self.protein_g),
+            carbohydrate_g: settled(self.carbohydrate_g),
+            fat_g: settled(self.fat_g),
+            fibre_g: self.fibre_g.map(settled),
+            sugar_g: self.sugar_g.map(settled),
+            sodium_mg: self.sodium_mg.map(settled),
+        }
     }
 
     fn add(&mut self, other: &Nutrients) {
@@ -348,7 +362,8 @@ impl UserNutrition {
         self.goal_on(day).and_then(|g| g.met_by(figures))
     }
 
-    /// The figures of one day.
+    /// The figures of one day, [settled](dietstream_runtime::amount) (so a target the meals
+    /// reach is reached whatever their order).
     pub fn day(&self, day: i32) -> DayFigures {
         let mut figures = DayFigures {
             water_ml: self.water_ml.get(&day).copied().unwrap_or(0),
@@ -358,10 +373,11 @@ impl UserNutrition {
             figures.nutrients.add(&meal.nutrients);
             figures.meals.count(meal.meal_type);
         }
+        figures.nutrients = figures.nutrients.settled();
         figures
     }
 
-    /// The figures of the days `first..=last`.
+    /// The figures of the days `first..=last`, settled like a day's.
     pub fn period(&self, first: i32, last: i32) -> PeriodFigures {
         let mut period = PeriodFigures::default();
         for day in first..=last {
@@ -378,6 +394,7 @@ impl UserNutrition {
                 period.days_goal_met += i32::from(met);
             }
         }
+        period.total.nutrients = period.total.nutrients.settled();
         period
     }
 

@@ -707,6 +707,46 @@ fn reaching_a_minimum_sends_goal_met_once_per_day_and_goal() {
 }
 
 #[test]
+fn a_target_the_meals_add_up_to_exactly_is_reached_whatever_their_order() {
+    let user = "u1";
+    // Added in meal-id order (the state's), these add up to 99.999 999 999 999 99 g.
+    let grams = [17.0, 30.3, 20.9, 31.8];
+    assert!(grams.iter().sum::<f64>() < 100.0);
+    let targets = Targets {
+        protein: Some(100.0),
+        fat: Some(50.0),
+        ..Targets::default()
+    };
+    let mut events = vec![goal(user, 1, BASE_DAY, BASE_DAY, targets)];
+    for (slot, g) in (1..).zip(grams) {
+        let meal = [food(100.0, g, 1.0, 12.5)];
+        events.push(logged(
+            user,
+            i64::from(slot) + 1,
+            slot,
+            BASE_DAY,
+            MealType::Snack,
+            &meal,
+        ));
+    }
+    let run = run(&events);
+    assert_eq!(
+        goals_sent(run.commands()),
+        [(
+            user.to_owned(),
+            BASE_DAY,
+            NutritionGoalKind::Protein,
+            100.0,
+            100.0
+        )]
+    );
+    // The row shows the settled total, and fat's 4 x 12.5 g is within its 50 g ceiling.
+    let row = daily(run.tables(), user, BASE_DAY).expect("row");
+    assert_eq!(row[1], d(100.0));
+    assert_eq!(row[20], Some(CqlValue::Boolean(true)));
+}
+
+#[test]
 fn a_goal_update_that_makes_a_logged_day_meet_a_target_sends() {
     let user = "u1";
     let events = [
@@ -1135,6 +1175,20 @@ impl Played {
         }
         for ((u, day), ml) in &self.water {
             days.entry((*u, *day)).or_default().water = *ml;
+        }
+        // The README's rule: a day's totals are taken to the millionth before they are
+        // compared with a target.
+        let settle = |x: &mut f64| *x = (*x * 1e6).round() / 1e6;
+        for f in days.values_mut() {
+            for x in [
+                &mut f.energy,
+                &mut f.protein,
+                &mut f.carbohydrate,
+                &mut f.fat,
+                &mut f.fibre,
+            ] {
+                settle(x);
+            }
         }
         days
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use dietstream_runtime::amount::settled;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -228,7 +229,11 @@ impl UserQuests {
                 for m in self.meals.values().filter(|m| in_period(m.day)) {
                     *per_day.entry(m.day).or_default() += m.protein_g;
                 }
-                per_day.values().filter(|g| **g >= min_grams).count() as f64
+                // Settled: a day whose meals add up to exactly the minimum counts.
+                per_day
+                    .values()
+                    .filter(|g| settled(**g) >= min_grams)
+                    .count() as f64
             }
         }
     }

@@ -359,6 +359,21 @@ fn protein_days_follow_updates_and_deletions() {
 }
 
 #[test]
+fn a_day_whose_meals_add_up_to_exactly_the_minimum_counts() {
+    let t = NEW_YEAR + 20 * HOUR;
+    // In meal-id order (the state's) these add up to 99.999 999 999 999 99 g.
+    let grams = [17.0, 30.3, 20.9, 31.8];
+    assert!(grams.iter().sum::<f64>() < 100.0);
+    let events: Vec<Event> = (1..)
+        .zip(grams)
+        .map(|(n, g)| meal_logged("u1", n, t, n, NEW_YEAR + HOUR, g))
+        .collect();
+    let (state, _) = given(&events);
+    let id = quest_id("u1", def("quests-protein-100-3-days"), 20451);
+    assert_eq!(state.quests[&id].computed, Some(1.0));
+}
+
+#[test]
 fn quests_the_user_started_are_mirrored_without_commands() {
     let quest = Uuid::from_u128(77);
     let (state, effects) = given(&[

@@ -2,9 +2,11 @@
 //! [`Projection`] contract (with its [partial rows](projection#partial-rows)), the CQL
 //! [`Store`], the consume loop ([`consume::run`]), the Prometheus metrics a processor reports
 //! ([`ProcessorMetrics`]) and the endpoint that serves them with the health checks
-//! ([`serve`], [`Health`], configured by [`MetricsConfig`]), and the generations of a read
-//! model that a rebuild switches between ([`generation`]).
+//! ([`serve`], [`Health`], configured by [`MetricsConfig`]), the generations of a read
+//! model that a rebuild switches between ([`generation`]), and sums of logged amounts that do
+//! not depend on the order of their terms ([`amount`]).
 
+pub mod amount;
 pub mod config;
 pub mod consume;
 pub mod dead_letter;
