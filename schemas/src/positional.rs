@@ -162,9 +162,13 @@ impl<'a> Reader<'a> {
     }
 
     /// A `string` of logical type `uuid`, in any form `Uuid::parse_str` takes (as serde's).
+    /// Parsed from the bytes (`try_parse_ascii`, the parser `parse_str` runs on a string's
+    /// bytes): a UUID is ASCII, so checking the bytes as UTF-8 first would only repeat the
+    /// parser's own check.
     pub fn uuid(&mut self) -> Result<apache_avro::Uuid, PositionalError> {
-        let text = self.str()?;
-        apache_avro::Uuid::parse_str(text).map_err(|_| PositionalError::Uuid(text.to_owned()))
+        let bytes = self.length_delimited("string")?;
+        apache_avro::Uuid::try_parse_ascii(bytes)
+            .map_err(|_| PositionalError::Uuid(String::from_utf8_lossy(bytes).into_owned()))
     }
 
     /// Reads the blocks of an array or map into `into`: `reserve` makes room for a block's
