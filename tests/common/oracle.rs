@@ -1955,6 +1955,9 @@ fn judge(user: &mut InsightUser, day: i64) -> Vec<(&'static str, i64, i64, f64)>
         totals.0 += meal.kcal;
         totals.1 += meal.protein;
     }
+    for totals in meal_days.values_mut() {
+        *totals = (settled(totals.0), settled(totals.1));
+    }
     let water: Vec<&(i64, i64)> = user
         .water
         .iter()

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use dietstream_nutrition::state::{Goal, Nutrients};
+use dietstream_runtime::amount::settled;
 use dietstream_schemas::types::InsightKind;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -117,7 +118,7 @@ impl UserDiet {
         self.goals.push(goal);
     }
 
-    /// The totals of one day.
+    /// The totals of one day, [settled](dietstream_runtime::amount).
     pub fn day(&self, day: i32) -> DayTotals {
         let mut totals = DayTotals {
             water_ml: self.water.get(&day).map_or(0, |w| w.ml),
@@ -131,6 +132,16 @@ impl UserDiet {
             totals.fat_g += n.fat_g;
             totals.meals += 1;
             totals.late_meals += u32::from(meal.late());
+        }
+        // Settled as nutrition's day figures are: a rule's threshold is met or not whatever
+        // order the meals are held in.
+        for figure in [
+            &mut totals.energy_kcal,
+            &mut totals.protein_g,
+            &mut totals.carbohydrate_g,
+            &mut totals.fat_g,
+        ] {
+            *figure = settled(*figure);
         }
         totals
     }

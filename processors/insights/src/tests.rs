@@ -588,6 +588,19 @@ fn updates_and_deletions_change_the_window_before_it_closes() {
 }
 
 #[test]
+fn a_days_totals_do_not_depend_on_the_order_of_its_meals() {
+    // In meal-id order (the state's) these add up to 100.000 000 000 000 01 g.
+    let grams = [11.9, 8.8, 58.6, 20.7];
+    assert!(grams.iter().sum::<f64>() > 100.0);
+    let events: Vec<Event> = (1..)
+        .zip(grams)
+        .map(|(n, g)| meal_logged("u1", n, n, at(NEW_YEAR_DAY, 12), (500.0, g, 10.0, 5.0)))
+        .collect();
+    let (state, _) = given(USER_TOPIC, &events);
+    assert_eq!(state.diet.day(NEW_YEAR_DAY).protein_g, 100.0);
+}
+
+#[test]
 fn state_keeps_only_the_days_the_rules_need() {
     let mut events = low_energy_week();
     events.push(water("u1", 50, at(MONDAY + 40, 9), 300));
