@@ -40,9 +40,10 @@ test: tools lint up interop-env ## Format check, clippy, docs, then every test a
 	     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$$log"; \
 	rm -f "$$log"; exit $${status:-0}
 
-bench: up ## Benchmark the command processor and the read-model processors on the local stack (release); figures in target/bench/{commands,processors}.json.
+bench: up ## Benchmark the command processor and the read-model processors on the local stack (release), and the processors' saved states; figures in target/bench/{commands,processors,states}.json.
 	$(WITH_STACK_ENV) cargo bench --bench commands
 	$(WITH_STACK_ENV) cargo bench --bench processors
+	cargo bench --bench states
 
 up: ## Start Kafka, Cassandra and the schema registry (idempotent; waits until ready).
 	$(STACK) up
