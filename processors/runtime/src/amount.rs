@@ -9,9 +9,12 @@
 //! [`RESOLUTION`], far finer than any amount a player logs and far coarser than the rounding
 //! error of a sum of a few thousand terms.
 
+/// Steps of [`RESOLUTION`] in one unit.
+const PER_UNIT: f64 = 1e6;
+
 /// The finest amount a settled sum tells apart: a millionth of the unit (µg of protein,
 /// thousandths of a calorie, ng of sodium).
-pub const RESOLUTION: f64 = 1e-6;
+pub const RESOLUTION: f64 = 1.0 / PER_UNIT;
 
 /// Settled sums are multiples of [`RESOLUTION`] up to this magnitude (2^53 resolutions, where
 /// a double stops holding every multiple); larger ones are returned as they are.
@@ -26,7 +29,7 @@ pub fn settled(sum: f64) -> f64 {
     }
     // Both operands of the division are exact, so the quotient is the correctly rounded
     // decimal.
-    (sum * 1e6).round() / 1e6
+    (sum * PER_UNIT).round() / PER_UNIT
 }
 
 #[cfg(test)]
@@ -56,6 +59,7 @@ mod tests {
         for order in orders {
             assert_eq!(settled(sum(&order)), 100.0, "{order:?}");
         }
+        assert_eq!(RESOLUTION, 1e-6);
         assert_eq!(settled(0.1 + 0.2), 0.3);
         assert_eq!(settled(-(0.1 + 0.2)), -0.3);
     }
