@@ -747,6 +747,38 @@ fn a_target_the_meals_add_up_to_exactly_is_reached_whatever_their_order() {
 }
 
 #[test]
+fn a_ceiling_the_meals_add_up_to_exactly_is_met_whatever_their_order() {
+    let user = "u1";
+    // Added in meal-id order (the state's), these add up to 100.000 000 000 000 01 g.
+    let grams = [11.9, 8.8, 58.6, 20.7];
+    assert!(grams.iter().sum::<f64>() > 100.0);
+    let targets = Targets {
+        fat: Some(100.0),
+        ..Targets::default()
+    };
+    let mut events = vec![goal(user, 1, BASE_DAY, BASE_DAY, targets)];
+    for (slot, g) in (1..).zip(grams) {
+        let meal = [food(300.0, 10.0, 20.0, g)];
+        events.push(logged(
+            user,
+            i64::from(slot) + 1,
+            slot,
+            BASE_DAY,
+            MealType::Snack,
+            &meal,
+        ));
+    }
+    let run = run(&events);
+    let row = daily(run.tables(), user, BASE_DAY).expect("row");
+    assert_eq!(
+        row[20],
+        Some(CqlValue::Boolean(true)),
+        "fat within its ceiling"
+    );
+    assert_eq!(row[3], d(100.0));
+}
+
+#[test]
 fn a_goal_update_that_makes_a_logged_day_meet_a_target_sends() {
     let user = "u1";
     let events = [
