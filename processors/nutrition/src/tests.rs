@@ -706,6 +706,25 @@ fn reaching_a_minimum_sends_goal_met_once_per_day_and_goal() {
     assert_eq!(first.header.issued_at, events[2].header().timestamp);
 }
 
+/// A goal from `BASE_DAY` on, then one one-food snack that day per amount, in slots 1, 2, …
+/// (so the state holds them in that order): `food_of` makes each snack's food of its amount.
+fn snacks(user: &str, targets: Targets, amounts: &[f64], food_of: fn(f64) -> Food) -> Vec<Event> {
+    let mut events = vec![goal(user, 1, BASE_DAY, BASE_DAY, targets)];
+    for (slot, amount) in (1..).zip(amounts) {
+        let version = i64::from(slot) + 1;
+        let meal = [food_of(*amount)];
+        events.push(logged(
+            user,
+            version,
+            slot,
+            BASE_DAY,
+            MealType::Snack,
+            &meal,
+        ));
+    }
+    events
+}
+
 #[test]
 fn a_target_the_meals_add_up_to_exactly_is_reached_whatever_their_order() {
     let user = "u1";
@@ -717,19 +736,9 @@ fn a_target_the_meals_add_up_to_exactly_is_reached_whatever_their_order() {
         fat: Some(50.0),
         ..Targets::default()
     };
-    let mut events = vec![goal(user, 1, BASE_DAY, BASE_DAY, targets)];
-    for (slot, g) in (1..).zip(grams) {
-        let meal = [food(100.0, g, 1.0, 12.5)];
-        events.push(logged(
-            user,
-            i64::from(slot) + 1,
-            slot,
-            BASE_DAY,
-            MealType::Snack,
-            &meal,
-        ));
-    }
-    let run = run(&events);
+    let run = run(&snacks(user, targets, &grams, |g| {
+        food(100.0, g, 1.0, 12.5)
+    }));
     assert_eq!(
         goals_sent(run.commands()),
         [(
@@ -756,19 +765,9 @@ fn a_ceiling_the_meals_add_up_to_exactly_is_met_whatever_their_order() {
         fat: Some(100.0),
         ..Targets::default()
     };
-    let mut events = vec![goal(user, 1, BASE_DAY, BASE_DAY, targets)];
-    for (slot, g) in (1..).zip(grams) {
-        let meal = [food(300.0, 10.0, 20.0, g)];
-        events.push(logged(
-            user,
-            i64::from(slot) + 1,
-            slot,
-            BASE_DAY,
-            MealType::Snack,
-            &meal,
-        ));
-    }
-    let run = run(&events);
+    let run = run(&snacks(user, targets, &grams, |g| {
+        food(300.0, 10.0, 20.0, g)
+    }));
     let row = daily(run.tables(), user, BASE_DAY).expect("row");
     assert_eq!(
         row[20],
