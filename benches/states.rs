@@ -25,7 +25,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dietstream_engagement::EngagementProjection;
 use dietstream_insights::InsightsProjection;
@@ -45,7 +45,7 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use common::{env_or, is_full_run, machine_facts, run_suffix};
+use common::{env_or, is_full_run, machine_facts, out_dir, percentile, run_suffix};
 
 const TOPIC: &str = "diet.events.user";
 const USER: &str = "user-0000042";
@@ -54,9 +54,10 @@ const FIRST_DAY: i64 = 20_458;
 const DAY: i64 = 86_400_000_000;
 const HOUR: i64 = 3_600_000_000;
 
-/// One player's history, in log order, as the command processor would have written it.
-fn history(days: i64) -> Vec<Event> {
-    let mut events = Vec::new();
+/// One player's history, day by day, each day's events in log order as the command processor
+/// would have written them.
+fn history(days: i64) -> Vec<Vec<Event>> {
+    let mut history = Vec::new();
     let mut version = 0;
     let mut header = |event_type: &str, time: i64| {
         version += 1;
@@ -95,7 +96,7 @@ fn history(days: i64) -> Vec<Event> {
     };
     let meal_id = |day: i64, meal: i64| Uuid::from_u128(0x3ea1_0000 + (day * 3 + meal) as u128);
     let start = FIRST_DAY * DAY;
-    events.push(Event::NutritionGoalUpdated(NutritionGoalUpdated {
+    let mut events = vec![Event::NutritionGoalUpdated(NutritionGoalUpdated {
         header: header("nutrition.goal.updated", start + 7 * HOUR),
         payload: NutritionGoalUpdatedPayload {
             energy_kcal: Some(2_100.0),
@@ -106,7 +107,7 @@ fn history(days: i64) -> Vec<Event> {
             water_ml: Some(2_000),
             effective_from: FIRST_DAY as i32,
         },
-    }));
+    })];
     for day in 0..days {
         let midnight = (FIRST_DAY + day) * DAY;
         for (meal, (hour, meal_type)) in [
@@ -162,8 +163,9 @@ fn history(days: i64) -> Vec<Event> {
                 },
             }));
         }
+        history.push(std::mem::take(&mut events));
     }
-    events
+    history
 }
 
 /// One processor's state for the player, in memory.
@@ -195,14 +197,13 @@ where
             partition: 0,
             offset: self.offset,
         };
-        if self.projection.wants(event.record_type()) {
-            if self.entity.is_none() {
-                self.entity = self.projection.entities(event, &origin).into_iter().next();
-            }
-            self.run
-                .deliver(&self.projection, TOPIC, 0, self.offset, event);
-            self.run.commit();
+        if self.entity.is_none() && self.projection.wants(event.record_type()) {
+            self.entity = self.projection.entities(event, &origin).into_iter().next();
         }
+        // Applied only when wanted, as the loop does.
+        self.run
+            .deliver(&self.projection, TOPIC, 0, self.offset, event);
+        self.run.commit();
         self.offset += 1;
     }
 
@@ -222,21 +223,21 @@ where
             "{}: the state decodes to itself",
             self.projection.name()
         );
-        let median = |f: &dyn Fn()| {
-            let mut times: Vec<Duration> = (0..repeats)
+        let median_us = |f: &dyn Fn()| {
+            let mut times: Vec<f64> = (0..repeats)
                 .map(|_| {
                     let started = Instant::now();
                     f();
-                    started.elapsed()
+                    started.elapsed().as_secs_f64() * 1e6
                 })
                 .collect();
-            times.sort();
-            times[times.len() / 2]
+            times.sort_by(f64::total_cmp);
+            percentile(&times, 0.5).unwrap_or_default()
         };
-        let encode = median(&|| {
+        let encode = median_us(&|| {
             std::hint::black_box(encode_state(std::hint::black_box(state)).expect("encodes"));
         });
-        let decode = median(&|| {
+        let decode = median_us(&|| {
             let state: P::State = decode_state(std::hint::black_box(&bytes)).expect("decodes");
             std::hint::black_box(state);
         });
@@ -244,8 +245,8 @@ where
             "processor": self.projection.name(),
             "entity": entity,
             "bytes": bytes.len(),
-            "encode_us": encode.as_secs_f64() * 1e6,
-            "decode_us": decode.as_secs_f64() * 1e6,
+            "encode_us": encode,
+            "decode_us": decode,
         })
     }
 }
@@ -258,55 +259,49 @@ fn main() {
         10
     };
     let repeats: usize = env_or("BENCH_STATE_REPEATS", if full { 200 } else { 5 }).max(1);
-    let events = history(days);
-    println!(
-        "bench: one player's state after days of history: {days} days, {} events",
-        events.len()
-    );
+    let history = history(days);
+    let total: usize = history.iter().map(Vec::len).sum();
+    println!("bench: one player's state after days of history: {days} days, {total} events");
     let mut nutrition = Player::new(NutritionProjection::new());
     let mut insights = Player::new(InsightsProjection::new());
     let mut quests = Player::new(QuestsProjection::new());
     let mut engagement = Player::new(EngagementProjection::new());
     let mut reports = Vec::new();
-    let mut next = 0;
-    for (i, event) in events.iter().enumerate() {
-        nutrition.deliver(event);
-        insights.deliver(event);
-        quests.deliver(event);
-        engagement.deliver(event);
-        let day = (event.header().timestamp.div_euclid(DAY) - FIRST_DAY).max(0);
-        let last = i + 1 == events.len();
-        let day_done = last || events[i + 1].header().timestamp.div_euclid(DAY) - FIRST_DAY > day;
-        if day_done && (day + 1 == next + 30 || last) {
-            next = day + 1;
-            let figures = vec![
-                nutrition.measure(repeats),
-                insights.measure(repeats),
-                quests.measure(repeats),
-                engagement.measure(repeats),
-            ];
-            println!("\nafter {} days ({} events):", day + 1, i + 1);
-            println!(
-                "  {:<12} {:>9} {:>12} {:>12}",
-                "processor", "bytes", "encode µs", "decode µs"
-            );
-            for f in &figures {
-                println!(
-                    "  {:<12} {:>9} {:>12.1} {:>12.1}",
-                    f["processor"].as_str().unwrap_or_default(),
-                    f["bytes"].as_u64().unwrap_or_default(),
-                    f["encode_us"].as_f64().unwrap_or_default(),
-                    f["decode_us"].as_f64().unwrap_or_default()
-                );
-            }
-            reports.push(json!({ "days": day + 1, "events": i + 1, "states": figures }));
+    let mut played = 0;
+    for (day, events) in (1..).zip(&history) {
+        for event in events {
+            nutrition.deliver(event);
+            insights.deliver(event);
+            quests.deliver(event);
+            engagement.deliver(event);
         }
+        played += events.len();
+        if day % 30 != 0 && day != days {
+            continue;
+        }
+        let figures = vec![
+            nutrition.measure(repeats),
+            insights.measure(repeats),
+            quests.measure(repeats),
+            engagement.measure(repeats),
+        ];
+        println!("\nafter {day} days ({played} events):");
+        println!(
+            "  {:<12} {:>9} {:>12} {:>12}",
+            "processor", "bytes", "encode µs", "decode µs"
+        );
+        for f in &figures {
+            println!(
+                "  {:<12} {:>9} {:>12.1} {:>12.1}",
+                f["processor"].as_str().unwrap_or_default(),
+                f["bytes"].as_u64().unwrap_or_default(),
+                f["encode_us"].as_f64().unwrap_or_default(),
+                f["decode_us"].as_f64().unwrap_or_default()
+            );
+        }
+        reports.push(json!({ "days": day, "events": played, "states": figures }));
     }
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map_or_else(|| "bench".into(), |p| p.join("bench"));
-    std::fs::create_dir_all(&out).expect("bench output folder");
-    let path = out.join(format!("states{}.json", run_suffix(full)));
+    let path = out_dir().join(format!("states{}.json", run_suffix(full)));
     let report = json!({
         "bench": "states",
         "full": full,

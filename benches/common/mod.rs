@@ -102,11 +102,7 @@ impl Fresh {
                 )
             });
         let codec = Arc::new(Codec::new(registry, &catalog).expect("codec"));
-        let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
-            .join("bench");
-        std::fs::create_dir_all(&out_dir).expect("bench output folder");
+        let out_dir = out_dir();
         Fresh {
             config,
             desired,
@@ -242,6 +238,16 @@ pub(crate) fn broker_pid() -> Option<u32> {
 /// The Cassandra server of the local stack.
 pub(crate) fn cassandra_pid() -> Option<u32> {
     pid_with_arg("org.apache.cassandra.service.CassandraDaemon")
+}
+
+/// `<target dir>/bench`, where the benches write their reports (created).
+pub(crate) fn out_dir() -> PathBuf {
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+        .join("bench");
+    std::fs::create_dir_all(&out_dir).expect("bench output folder");
+    out_dir
 }
 
 /// Nearest-rank percentile of sorted values.

@@ -9,8 +9,9 @@
 //! [`RESOLUTION`], far finer than any amount a player logs and far coarser than the rounding
 //! error of a sum of a few thousand terms.
 
-/// Steps of [`RESOLUTION`] in one unit.
-const PER_UNIT: f64 = 1e6;
+/// Steps of [`RESOLUTION`] in one unit; also the scale of the partial rows' fixed-point sums
+/// ([`Sum::millionths`](crate::Sum::millionths)), so both round at the same resolution.
+pub(crate) const PER_UNIT: f64 = 1e6;
 
 /// The finest amount a settled sum tells apart: a millionth of the unit (µg of protein,
 /// thousandths of a calorie, ng of sodium).

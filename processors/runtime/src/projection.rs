@@ -157,7 +157,7 @@ impl Sum {
     /// `value` in millionths, rounded to the nearest (saturating at the `i64` range; NaN is 0).
     pub fn millionths(value: f64) -> i64 {
         // `as` saturates and maps NaN to 0, which is what is documented.
-        (value * 1e6).round() as i64
+        (value * crate::amount::PER_UNIT).round() as i64
     }
 }
 
