@@ -17,8 +17,9 @@
 //! `cargo bench --bench states` runs `BENCH_STATE_DAYS` days (default 120) and reports after
 //! every 30 days and at the end; without `--bench` (as `cargo test --all-targets` runs it) it
 //! is a smoke run of 10 days. Each report gives, per processor, the state's bytes, the median
-//! encode and decode times over `BENCH_STATE_REPEATS` (default 200) repeats, and checks that the
-//! state decodes back to itself. Figures are printed and written to
+//! encode and decode times over `BENCH_STATE_REPEATS` (default 200) repeats, the same for the
+//! JSON states were saved as before the compact form, and checks that the state decodes back
+//! to itself from both. Figures are printed and written to
 //! `<target dir>/bench/states.json` (`states-smoke.json`). Nothing asserts a timing.
 
 mod common;
@@ -207,22 +208,15 @@ where
         self.offset += 1;
     }
 
-    /// Bytes, median encode and decode times; panics when the state does not decode back to
-    /// itself.
+    /// Bytes, median encode and decode times, in the form the store saves and in the JSON
+    /// states were saved as before it (which still loads); panics when the state does not
+    /// decode back to itself from either.
     fn measure(&self, repeats: usize) -> serde_json::Value {
         let entity = self.entity.as_deref().expect("the player has an entity");
         let state = self
             .run
             .state(TOPIC, 0, entity)
             .expect("the player has a state");
-        let bytes = encode_state(state).expect("encodes");
-        let back: P::State = decode_state(&bytes).expect("decodes");
-        assert_eq!(
-            &back,
-            state,
-            "{}: the state decodes to itself",
-            self.projection.name()
-        );
         let median_us = |f: &dyn Fn()| {
             let mut times: Vec<f64> = (0..repeats)
                 .map(|_| {
@@ -234,20 +228,35 @@ where
             times.sort_by(f64::total_cmp);
             percentile(&times, 0.5).unwrap_or_default()
         };
-        let encode = median_us(&|| {
-            std::hint::black_box(encode_state(std::hint::black_box(state)).expect("encodes"));
-        });
-        let decode = median_us(&|| {
-            let state: P::State = decode_state(std::hint::black_box(&bytes)).expect("decodes");
-            std::hint::black_box(state);
-        });
-        json!({
-            "processor": self.projection.name(),
-            "entity": entity,
-            "bytes": bytes.len(),
-            "encode_us": encode,
-            "decode_us": decode,
-        })
+        let saved = encode_state(state).expect("encodes");
+        let json = serde_json::to_vec(state).expect("serialises");
+        let mut figures = json!({ "processor": self.projection.name(), "entity": entity });
+        for (form, bytes) in [("", &saved), ("json_", &json)] {
+            let back: P::State = decode_state(bytes).expect("decodes");
+            assert_eq!(
+                &back,
+                state,
+                "{}: the state decodes to itself from its {form}bytes",
+                self.projection.name()
+            );
+            let encode = median_us(&|| {
+                let state = std::hint::black_box(state);
+                let bytes = if form.is_empty() {
+                    encode_state(state).expect("encodes")
+                } else {
+                    serde_json::to_vec(state).expect("serialises")
+                };
+                std::hint::black_box(bytes);
+            });
+            let decode = median_us(&|| {
+                let state: P::State = decode_state(std::hint::black_box(bytes)).expect("decodes");
+                std::hint::black_box(state);
+            });
+            figures[format!("{form}bytes")] = json!(bytes.len());
+            figures[format!("{form}encode_us")] = json!(encode);
+            figures[format!("{form}decode_us")] = json!(decode);
+        }
+        figures
     }
 }
 
@@ -287,16 +296,20 @@ fn main() {
         ];
         println!("\nafter {day} days ({played} events):");
         println!(
-            "  {:<12} {:>9} {:>12} {:>12}",
-            "processor", "bytes", "encode µs", "decode µs"
+            "  {:<12} {:>9} {:>10} {:>10}   {:>10} {:>10} {:>10}",
+            "processor", "bytes", "encode µs", "decode µs", "JSON bytes", "encode µs", "decode µs"
         );
         for f in &figures {
+            let number = |key: &str| f[key].as_f64().unwrap_or_default();
             println!(
-                "  {:<12} {:>9} {:>12.1} {:>12.1}",
+                "  {:<12} {:>9} {:>10.1} {:>10.1}   {:>10} {:>10.1} {:>10.1}",
                 f["processor"].as_str().unwrap_or_default(),
-                f["bytes"].as_u64().unwrap_or_default(),
-                f["encode_us"].as_f64().unwrap_or_default(),
-                f["decode_us"].as_f64().unwrap_or_default()
+                number("bytes"),
+                number("encode_us"),
+                number("decode_us"),
+                number("json_bytes"),
+                number("json_encode_us"),
+                number("json_decode_us")
             );
         }
         reports.push(json!({ "days": day, "events": played, "states": figures }));
@@ -309,7 +322,7 @@ fn main() {
         "repeats": repeats,
         "machine": machine_facts(),
         "reports": reports,
-        "note": "bytes: the state column's size when the store saves the player's entity; encode/decode: median over the repeats, one thread",
+        "note": "bytes: the state column's size when the store saves the player's entity; json_bytes: the same state as JSON, as states were saved before the compact form; encode/decode: median over the repeats, one thread",
     });
     std::fs::write(
         &path,

@@ -17,6 +17,8 @@ use common::events::{event_header, water};
 use common::Stack;
 use dietstream::kafka::ensure_topic;
 use dietstream_runtime::consume::{self, LoopConfig, Parts, ProcessorTopics};
+use dietstream_runtime::partials::{is_partial_entity, PartialSums};
+use dietstream_runtime::store::{decode_state, COMPACT_STATE};
 use dietstream_runtime::{
     Effects, Origin, Partial, PartialTable, ProcessorMetrics, Projection, Row, RuleError, Store,
     Sum, Table,
@@ -711,6 +713,98 @@ async fn a_stop_between_the_partial_rows_and_the_users_states_counts_nothing_twi
     assert_eq!(fixture.water_days().await, oracle);
     assert_eq!(fixture.day_partials().await, partials_of(&oracle));
     assert_eq!(fixture.user_offset("user-0").await, Some(end - 1));
+}
+
+/// Every state row of the water processor: (source, entity, state bytes).
+async fn saved_states(fixture: &Fixture) -> Vec<(String, String, Vec<u8>)> {
+    fixture
+        .select("SELECT source, entity, state FROM {ks}.water_state")
+        .await
+}
+
+/// A state table written before states were saved compact holds JSON: the loop loads it,
+/// goes on from it with the same sums as one pass, and saves the states it changes compact,
+/// leaving the others as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_saved_as_json_by_an_earlier_version_load_and_are_saved_compact_when_changed() {
+    common::init_tracing();
+    let fixture = Fixture::new().await;
+    let mut oracle: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+    let mut produce = async |user: &str, v: i64| {
+        let at = DAY_START + (v % 3) * MICROS_PER_DAY + v * HOUR;
+        let ml = 150 + i32::try_from(v).expect("small");
+        fixture.produce_event(&water(user, v, at, ml)).await;
+        let day = oracle
+            .entry((user.to_owned(), at.div_euclid(MICROS_PER_DAY)))
+            .or_default();
+        day.0 += i64::from(ml);
+        day.1 += 1;
+    };
+    let users: Vec<String> = (0..6).map(|u| format!("user-{u}")).collect();
+    for user in &users {
+        for v in 1..=5 {
+            produce(user, v).await;
+        }
+    }
+    let group = common::unique_name("water");
+    fixture.run(&group, Water::default()).await;
+
+    // Every state, the partial rows' sums included, saved compact; then rewritten as the
+    // earlier version saved them.
+    let states = saved_states(&fixture).await;
+    assert!(states.len() > users.len(), "{} states", states.len());
+    let update = format!(
+        "UPDATE {}.water_state SET state = ? WHERE source = ? AND entity = ?",
+        fixture.keyspace
+    );
+    for (source, entity, bytes) in &states {
+        assert_eq!(
+            bytes.first(),
+            Some(&COMPACT_STATE),
+            "{entity} saved compact"
+        );
+        let json = if is_partial_entity(entity) {
+            serde_json::to_vec(&decode_state::<PartialSums>(bytes).expect("partial sums"))
+        } else {
+            serde_json::to_vec(&decode_state::<WaterState>(bytes).expect("a water state"))
+        }
+        .expect("serialises");
+        fixture
+            .session
+            .query_unpaged(update.as_str(), (json, source, entity))
+            .await
+            .expect("state rewritten as JSON");
+    }
+
+    // Two users go on; the restarted loop reads every state of their partitions as JSON.
+    let (going_on, idle) = users.split_at(2);
+    for user in going_on {
+        for v in 6..=9 {
+            produce(user, v).await;
+        }
+    }
+    fixture.run(&group, Water::default()).await;
+    assert_eq!(fixture.water_days().await, oracle);
+    assert_eq!(fixture.day_partials().await, partials_of(&oracle));
+    let total: i64 = oracle.values().map(|(ml, _)| ml).sum();
+    assert_eq!(fixture.partition_totals().await, total);
+    let states: BTreeMap<String, Vec<u8>> = saved_states(&fixture)
+        .await
+        .into_iter()
+        .map(|(_, entity, bytes)| (entity, bytes))
+        .collect();
+    for user in going_on {
+        let bytes = &states[&format!("user/{user}")];
+        assert_eq!(
+            bytes.first(),
+            Some(&COMPACT_STATE),
+            "{user} changed: compact"
+        );
+    }
+    for user in idle {
+        let bytes = &states[&format!("user/{user}")];
+        assert_eq!(bytes.first(), Some(&b'{'), "{user} unchanged: still JSON");
+    }
 }
 
 /// A cluster holding the earlier shape of an all-users table (one row per user, `user_id` in

@@ -31,7 +31,7 @@ pub(crate) struct ActiveDays {
     /// Bit `i` set: active on `last_day - i`. Zero before the first activity.
     mask: u64,
     /// The Monday of the registration week, once `user.registered` was seen here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     cohort_week: Option<i32>,
 }
 

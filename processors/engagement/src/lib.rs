@@ -155,13 +155,13 @@ impl Default for EngagementConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngagementState {
     /// A `user:<id>` entity's state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     user: Option<UserEngagement>,
     /// A `social:<id>` entity's state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     social: Option<SocialCounts>,
     /// The user's recent active days through the entity's source partition (both kinds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     days: Option<ActiveDays>,
 }
 

@@ -486,7 +486,7 @@ fn each_state_holds_one_user_however_many_share_the_partition() {
         let state = memory
             .state(USER_TOPIC, 0, "user:ann")
             .expect("ann's state");
-        let json = serde_json::to_vec(state).expect("serialises");
+        let bytes = dietstream_runtime::store::encode_state(state).expect("encodes");
         let day = 20_773 + 199;
         let active = row(
             memory.tables(),
@@ -494,7 +494,7 @@ fn each_state_holds_one_user_however_many_share_the_partition() {
             &[text("day"), cql_date(day), text("user"), CqlValue::Int(0)],
         )
         .cloned();
-        (json, active)
+        (bytes, active)
     };
     let (alone, active_alone) = ann(0);
     let (beside, active_beside) = ann(500);

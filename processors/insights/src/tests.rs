@@ -1264,8 +1264,9 @@ proptest! {
 }
 
 #[test]
-fn states_survive_the_state_tables_json() {
-    // The runtime stores each entity's state as JSON and reads it back on assignment.
+fn states_survive_the_state_table() {
+    // The runtime stores each entity's state compact and reads it back on assignment; states
+    // saved as JSON before the compact form still read.
     let (diet, _) = given(USER_TOPIC, &low_energy_week());
     let (coaching, _) = given(
         AI_TOPIC,
@@ -1277,8 +1278,11 @@ fn states_survive_the_state_tables_json() {
     );
     assert!(!diet.diet.last_period.is_empty() && !coaching.coaching.acceptance.is_empty());
     for state in [diet, coaching] {
+        let bytes = dietstream_runtime::store::encode_state(&state).expect("encodes");
+        let back: InsightsState = dietstream_runtime::store::decode_state(&bytes).expect("decodes");
+        assert_eq!(back, state);
         let json = serde_json::to_vec(&state).expect("serialises");
-        let back: InsightsState = serde_json::from_slice(&json).expect("deserialises");
+        let back: InsightsState = dietstream_runtime::store::decode_state(&json).expect("decodes");
         assert_eq!(back, state);
     }
 }

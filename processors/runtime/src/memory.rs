@@ -22,10 +22,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use dietstream_schemas::{Command, Event};
 use scylla::value::CqlValue;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::partials::{self, Partials};
 use crate::projection::{Origin, Projection, Row};
-use crate::store::Stored;
+use crate::store::{decode_state, encode_state, Stored};
 
 /// One table row as the model keeps it: its columns' values.
 pub type Values = Vec<Option<CqlValue>>;
@@ -137,12 +139,29 @@ impl<S: Clone + Default> MemoryRun<S> {
     }
 
     /// The end of a batch: the partial rows' sums are saved, then the changed entities' state
-    /// (after their rows, which [`MemoryRun::deliver`] wrote at once).
-    pub fn commit(&mut self) {
+    /// (after their rows, which [`MemoryRun::deliver`] wrote at once). A state is saved as the
+    /// store saves it, so a later [`MemoryRun::crash`] reloads what its bytes say.
+    ///
+    /// # Panics
+    ///
+    /// If a state does not come back from its bytes ([`encode_state`]): a state type that
+    /// breaks the encoding's rules, which the property tests of its projection then show.
+    pub fn commit(&mut self)
+    where
+        S: Serialize + DeserializeOwned,
+    {
         self.partials_saved = self.partials_live.clone();
         for key in std::mem::take(&mut self.dirty) {
             if let Some(stored) = self.live.get(&key) {
-                self.saved.insert(key, stored.clone());
+                let bytes = encode_state(&stored.state)
+                    .unwrap_or_else(|e| panic!("state of {key:?} does not encode: {e}"));
+                let state = decode_state(&bytes)
+                    .unwrap_or_else(|e| panic!("state of {key:?} does not decode: {e}"));
+                let saved = Stored {
+                    state,
+                    applied_offset: stored.applied_offset,
+                };
+                self.saved.insert(key, saved);
             }
         }
     }

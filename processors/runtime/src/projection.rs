@@ -243,8 +243,9 @@ pub struct Origin<'a> {
 
 /// A processor's pure part. See the module docs for the contract.
 pub trait Projection: Send + Sync + 'static {
-    /// One entity's state, kept in memory for the assigned partitions and stored (as JSON) in
-    /// the processor's state table.
+    /// One entity's state, kept in memory for the assigned partitions and stored in the
+    /// processor's state table ([`crate::store::encode_state`] says how, and which changes to
+    /// the type keep stored states readable).
     type State: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static;
 
     /// The processor's name as the topology spells it (`processor = "…"`): consumer group,

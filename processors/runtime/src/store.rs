@@ -2,9 +2,9 @@
 //! that write its rows.
 //!
 //! Every processor has a state table `<processor>_state`, one CQL partition per source
-//! partition (`source` = `<topic>/<partition>`), one row per entity: the entity's state as
-//! JSON and the offset of the last record applied to it, and one row per partial row of the
-//! partition ([`crate::partials`]). Loading a partition's state when it is assigned is one
+//! partition (`source` = `<topic>/<partition>`), one row per entity: the entity's state
+//! ([`encode_state`]) and the offset of the last record applied to it, and one row per partial
+//! row of the partition ([`crate::partials`]). Loading a partition's state when it is assigned is one
 //! paged query.
 
 use std::collections::HashMap;
@@ -85,16 +85,58 @@ pub enum StoreError {
     },
 }
 
-/// The bytes a state is saved as in the state table's `state` column: its JSON. Plain data
-/// serialises without failing (no maps with non-string keys). `benches/states.rs` measures
-/// what this costs for a player with months of history.
-pub fn encode_state<S: serde::Serialize>(state: &S) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(state)
+/// The first byte of a state saved in the compact form. JSON never starts with it (a JSON text
+/// starts with whitespace, `{`, `[`, `"`, a digit, `-`, `t`, `f` or `n`), so states saved as
+/// JSON before the compact form existed still load, and are saved compact at their next change.
+pub const COMPACT_STATE: u8 = 0x01;
+
+/// Why a state could not be turned into bytes or back.
+#[derive(Debug, thiserror::Error)]
+pub enum StateCodecError {
+    /// The state does not serialise (a bug in its type).
+    #[error("state does not encode: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    /// Compact bytes that are not a state of this type.
+    #[error("compact state does not decode: {0}")]
+    Compact(#[from] rmp_serde::decode::Error),
+    /// Compact bytes with bytes left over after the state.
+    #[error("compact state has {0} bytes after its end")]
+    Trailing(u64),
+    /// JSON bytes (a state saved before the compact form) that are not a state of this type.
+    #[error("JSON state does not decode: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
-/// A state from the bytes [`encode_state`] made.
-pub fn decode_state<S: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<S, serde_json::Error> {
-    serde_json::from_slice(bytes)
+/// The bytes a state is saved as in the state table's `state` column: [`COMPACT_STATE`], then
+/// the state as MessagePack with structs as arrays of their fields in declaration order (no
+/// field names) and UUIDs as 16 bytes. `benches/states.rs` measures what this costs against
+/// JSON for a player with months of history.
+///
+/// Because fields are known by their position, a state type may change only in ways that keep
+/// the old bytes meaning the same: a field is added last, with `#[serde(default)]` (older bytes
+/// end before it, and it takes its default); fields are never removed, reordered or skipped
+/// when serialised (`skip_serializing_if` would shift the fields after it). Enum variants are
+/// saved by name. Any other change needs a rebuild (`dietstream replay`).
+pub fn encode_state<S: serde::Serialize>(state: &S) -> Result<Vec<u8>, StateCodecError> {
+    let mut bytes = vec![COMPACT_STATE];
+    state.serialize(&mut rmp_serde::Serializer::new(&mut bytes))?;
+    Ok(bytes)
+}
+
+/// A state from the bytes [`encode_state`] made, or from the JSON states were saved as before.
+pub fn decode_state<S: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<S, StateCodecError> {
+    match bytes.split_first() {
+        Some((&COMPACT_STATE, compact)) => {
+            let mut decoder = rmp_serde::Deserializer::new(std::io::Cursor::new(compact));
+            let state = S::deserialize(&mut decoder)?;
+            let left = compact.len() as u64 - decoder.position();
+            if left > 0 {
+                return Err(StateCodecError::Trailing(left));
+            }
+            Ok(state)
+        }
+        _ => Ok(serde_json::from_slice(bytes)?),
+    }
 }
 
 /// The name of a processor's state table.
@@ -326,7 +368,7 @@ impl Store {
         let mut entities = HashMap::with_capacity(rows.len());
         let mut partials = HashMap::new();
         for (entity, state, applied_offset) in rows {
-            let bad = |e: serde_json::Error| StoreError::BadState {
+            let bad = |e: StateCodecError| StoreError::BadState {
                 source_partition: source.to_owned(),
                 entity: entity.clone(),
                 message: e.to_string(),
@@ -355,7 +397,7 @@ impl Store {
     /// Saves the states of several entities of one source partition, with their offsets, in
     /// as few requests as `max_batch_bytes` allows: they share the state table's CQL partition
     /// (`source`), so each request is one unlogged single-partition batch, which the replicas
-    /// apply as one mutation. A batch holds states whose JSON adds up to at most
+    /// apply as one mutation. A batch holds states whose bytes add up to at most
     /// `max_batch_bytes` (a larger state goes alone), at most `max_in_flight` requests at a
     /// time (the states are of distinct entities, so their order does not matter). `observe`
     /// is called once per state with the time its request took, failed or not.
@@ -622,5 +664,101 @@ mod tests {
         // Too large for the budget: alone, and the runs around it go on.
         assert_eq!(chunks(&[3, 30, 3, 3], 10), vec![0..1, 1..2, 2..4]);
         assert_eq!(chunks(&[30], 10), vec![0..1]);
+    }
+
+    /// A state shaped like the processors' own: optional fields, a unit enum, maps keyed by
+    /// UUIDs and by days, and sums of one-decimal figures that are not short decimals.
+    #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Before {
+        newest_day: Option<i32>,
+        meals: std::collections::BTreeMap<uuid::Uuid, (Kind, f64)>,
+        water: std::collections::BTreeMap<i32, i64>,
+        note: Option<String>,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Kind {
+        Breakfast,
+        Lunch,
+    }
+
+    /// `Before` with a field added the one way [`encode_state`] allows.
+    #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct After {
+        newest_day: Option<i32>,
+        meals: std::collections::BTreeMap<uuid::Uuid, (Kind, f64)>,
+        water: std::collections::BTreeMap<i32, i64>,
+        note: Option<String>,
+        #[serde(default)]
+        goals_sent: Vec<i32>,
+    }
+
+    fn before() -> Before {
+        Before {
+            newest_day: Some(20_400),
+            meals: [
+                (uuid::Uuid::from_u128(7), (Kind::Lunch, 17.0 + 30.3 + 20.9)),
+                (uuid::Uuid::from_u128(9), (Kind::Breakfast, 0.1 + 0.2)),
+            ]
+            .into(),
+            water: [(20_399, 250), (20_400, -1)].into(),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_state_comes_back_exactly_from_its_compact_bytes() {
+        let state = before();
+        let bytes = encode_state(&state).expect("encodes");
+        assert_eq!(bytes[0], COMPACT_STATE);
+        let back: Before = decode_state(&bytes).expect("decodes");
+        assert_eq!(back, state);
+        let bits = |s: &Before| s.meals.values().map(|m| m.1.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back), bits(&state));
+        // No field names, UUIDs as 16 bytes: well under the JSON.
+        let json = serde_json::to_vec(&state).expect("serialises");
+        assert!(
+            bytes.len() * 2 < json.len(),
+            "{} against {}",
+            bytes.len(),
+            json.len()
+        );
+    }
+
+    #[test]
+    fn a_state_saved_as_json_still_loads() {
+        let json = serde_json::to_vec(&before()).expect("serialises");
+        assert_eq!(decode_state::<Before>(&json).expect("decodes"), before());
+        let err = decode_state::<Before>(b"{\"newest_day\": \"x\"}").expect_err("not a state");
+        assert!(matches!(err, StateCodecError::Json(_)), "{err}");
+    }
+
+    #[test]
+    fn a_field_added_last_with_a_default_reads_older_bytes() {
+        let bytes = encode_state(&before()).expect("encodes");
+        let after: After = decode_state(&bytes).expect("decodes");
+        assert_eq!(after.meals, before().meals);
+        assert_eq!(after.goals_sent, Vec::<i32>::new());
+        // And older JSON, as before.
+        let json = serde_json::to_vec(&before()).expect("serialises");
+        assert_eq!(decode_state::<After>(&json).expect("decodes"), after);
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_state_are_an_error() {
+        let bytes = encode_state(&before()).expect("encodes");
+        let cut = decode_state::<Before>(&bytes[..bytes.len() - 3]).expect_err("cut short");
+        assert!(matches!(cut, StateCodecError::Compact(_)), "{cut}");
+        let mut longer = bytes.clone();
+        longer.extend([0xc0, 0xc0]);
+        let trailing = decode_state::<Before>(&longer).expect_err("bytes after the state");
+        assert!(
+            matches!(trailing, StateCodecError::Trailing(2)),
+            "{trailing}"
+        );
+        let other = encode_state(&(1, "two")).expect("encodes");
+        assert!(decode_state::<Before>(&other).is_err());
+        assert!(decode_state::<Before>(&[]).is_err());
+        assert!(decode_state::<Before>(&[COMPACT_STATE]).is_err());
     }
 }
