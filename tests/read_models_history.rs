@@ -2,15 +2,16 @@
 //! with its wall clock, so the simulator's runs (tests/read_models.rs) only ever show the
 //! processors one day of event times; here a seeded synthetic log of 24 players over 120 days
 //! (late November to late March) is produced straight to fresh event topics, with event times
-//! spread over those days, and the nutrition, engagement and insights processors run to its
-//! end. Then every table of theirs is compared with the oracle (tests/common/oracle.rs,
+//! spread over those days, and the nutrition, engagement, insights and quests processors run
+//! to its end. Then every table of theirs is compared with the oracle (tests/common/oracle.rs,
 //! computed from the events, never by calling the projections), so the rules that span days
 //! are checked on real data: streaks broken by gaps, active days of 28, weekly and monthly
 //! active users, cohorts by registration week, the engagement score; nutrition's closed days
 //! (late meals, updates, deletions, water and goals for days before the open period), weekly
 //! and monthly rollups across months, goal met per day; the insight rules' seven-day windows
 //! and 28-day histories (which the processor's 29 kept days must hold), and the 90 days an
-//! insight's kind is remembered for the feedback on it.
+//! insight's kind is remembered for the feedback on it; the quests started, completed and
+//! failed day by day and week by week, and the seven-day logging streak.
 //!
 //! As the command processor writes them, each aggregate's events are in time order, a meal is
 //! updated or deleted only after it was logged, and `user.registered` comes first. One
@@ -20,7 +21,8 @@
 //! other. The AI topic's insights and feedback are made up by the generator (the AI
 //! aggregate's events, as any client's insights would be); no command processor runs, so the
 //! commands the processors send stay in `diet.commands`, where the test reads them: the goals
-//! met, and one `CreateInsight` per insight drawn.
+//! met, one `CreateInsight` per insight drawn, and the quests' commands (no quest is ever
+//! confirmed, so every quest row stays `PENDING`).
 
 mod common;
 
@@ -39,7 +41,7 @@ use rdkafka::producer::FutureProducer;
 use uuid::Uuid;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-const PROCESSORS: [&str; 3] = ["nutrition", "engagement", "insights"];
+const PROCESSORS: [&str; 4] = ["nutrition", "engagement", "insights", "quests"];
 const SEED: u64 = 0x5eed_2026;
 const USERS: usize = 24;
 /// The player whose whole history reaches the log after everyone else's (a client that synced
@@ -107,6 +109,9 @@ struct Edges {
     idle_over_90: usize,
     /// Feedback on insights whose period ended more than 90 days before the newest one.
     feedback_forgotten: usize,
+    /// A day missing from a player's first week, logged late on its last day: the week is
+    /// seven days in a row only through that meal (the quests' streak).
+    streak_day_logged_late: usize,
 }
 
 /// The first day of the month holding `day` (days since 1970-01-01).
@@ -159,6 +164,9 @@ fn player(rng: &mut StdRng, u: usize, first_day: i64, edges: &mut Edges) -> Vec<
         _ => edges.idle_over_29 += 1,
     }
     let keen = rng.random_range(0.6..0.97);
+    // Player 4 logs every day of their first week but the fourth, whose lunch they log late
+    // on the seventh.
+    let forgotten = (u == 4).then_some(registered + 3);
     let fatty = u % 6 == 3;
     let sessions = u % 5 != 4;
     let session = |day: i64, part: &str| sessions.then(|| format!("s-{u}-{day}-{part}"));
@@ -195,7 +203,11 @@ fn player(rng: &mut StdRng, u: usize, first_day: i64, edges: &mut Edges) -> Vec<
     let (mut xp, mut level) = (0_i64, 1_i32);
     let mut insights: Vec<(Uuid, i64)> = Vec::new();
     for day in registered..first_day + DAYS {
-        if idle.contains(&day) || (day > registered && !rng.random_bool(keen)) {
+        let first_week = forgotten.is_some_and(|f| (f - 3..f + 4).contains(&day));
+        if Some(day) == forgotten
+            || idle.contains(&day)
+            || (day > registered && !first_week && !rng.random_bool(keen))
+        {
             continue;
         }
         let at = |hour: i64, minute: i64| day * DAY + hour * 60 * MINUTE + minute * MINUTE;
@@ -242,6 +254,18 @@ fn player(rng: &mut StdRng, u: usize, first_day: i64, edges: &mut Edges) -> Vec<
         // from 23:35 on.
         let evening = |step: i64| at(23, 35) + step * MINUTE / 4;
         let open_from = month_start(day - 62);
+        if let Some(f) = forgotten.filter(|f| day == f + 3) {
+            let id = Uuid::from_u128(rng.random());
+            let items = items(rng, 500.0, fatty);
+            draft(
+                &mut out,
+                evening(0),
+                session(day, "b"),
+                What::Meal(id, "LUNCH", f * DAY + 13 * 60 * MINUTE, items.clone()),
+            );
+            meals.push((id, f, "LUNCH", items));
+            edges.streak_day_logged_late += 1;
+        }
         if rng.random_bool(0.06) {
             let back = rng.random_range(1..=5);
             let id = Uuid::from_u128(rng.random());
@@ -480,7 +504,8 @@ async fn every_read_model_over_four_months_equals_the_oracle() {
             && edges.closed_meals_moved > 0
             && edges.idle_over_29 > 0
             && edges.idle_over_90 > 0
-            && edges.feedback_forgotten > 0,
+            && edges.feedback_forgotten > 0
+            && edges.streak_day_logged_late > 0,
         "an edge case is missing from the history: {edges:?}"
     );
 
@@ -559,6 +584,29 @@ async fn every_read_model_over_four_months_equals_the_oracle() {
         insights.insights > 0 && insights.feedback > 0 && insights.by_rule.len() == 6,
         "too little to check: {insights:?}"
     );
+
+    let quests = oracle::check_quest_commands(&session, ks, &events, &commands).await;
+    eprintln!(
+        "quests: {} started, {} completed, {} failed",
+        quests.started.len(),
+        quests.completed.len(),
+        quests.failed.len()
+    );
+    for definition in [
+        "quests-log-3-meals",
+        "quests-drink-2-litres",
+        "quests-streak-7",
+        "quests-protein-100-3-days",
+    ] {
+        let of = |sent: &BTreeMap<oracle::QuestInstance, Uuid>| {
+            sent.keys().filter(|q| q.1 == definition).count()
+        };
+        let failed_too = definition == "quests-streak-7" || of(&quests.failed) > 0;
+        assert!(
+            of(&quests.completed) > 0 && failed_too,
+            "too little of {definition} to check: {quests:?}"
+        );
+    }
 
     stop.send(()).expect("processors running");
     models

@@ -2,7 +2,7 @@
 //! computed here from the event log alone (never by calling the projections), and the checks
 //! that compare it with the tables as analysts read them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 
 use dietstream::config::Config;
 use dietstream_schemas::types::{
@@ -1561,6 +1561,329 @@ fn condition_held(definition: &str, period_day: i64, events: &[&Event]) -> bool 
         }
         other => panic!("completed quest of an unknown definition {other}"),
     }
+}
+
+/// A catalogue quest as the quests README gives it: id, period, target, XP.
+struct CatalogueQuest {
+    id: &'static str,
+    period: QuestPeriod,
+    target: f64,
+    xp: i32,
+}
+
+#[derive(Clone, Copy)]
+enum QuestPeriod {
+    Day,
+    Week,
+    Once,
+}
+
+const QUEST_CATALOGUE: [CatalogueQuest; 4] = [
+    CatalogueQuest {
+        id: "quests-log-3-meals",
+        period: QuestPeriod::Day,
+        target: 3.0,
+        xp: 30,
+    },
+    CatalogueQuest {
+        id: "quests-drink-2-litres",
+        period: QuestPeriod::Day,
+        target: 2000.0,
+        xp: 50,
+    },
+    CatalogueQuest {
+        id: "quests-streak-7",
+        period: QuestPeriod::Once,
+        target: 7.0,
+        xp: 150,
+    },
+    CatalogueQuest {
+        id: "quests-protein-100-3-days",
+        period: QuestPeriod::Week,
+        target: 3.0,
+        xp: 120,
+    },
+];
+
+impl QuestPeriod {
+    /// First day of the instance holding `day` (0 for the one instance of a `once` quest).
+    fn start(self, day: i64) -> i64 {
+        match self {
+            QuestPeriod::Day => day,
+            QuestPeriod::Week => week_start(day),
+            QuestPeriod::Once => 0,
+        }
+    }
+
+    /// When the instance starting on `start` expires (µs), if ever.
+    fn deadline(self, start: i64) -> Option<i64> {
+        match self {
+            QuestPeriod::Day => Some((start + 1) * MICROS_PER_DAY),
+            QuestPeriod::Week => Some((start + 7) * MICROS_PER_DAY),
+            QuestPeriod::Once => None,
+        }
+    }
+}
+
+/// A quest instance the quests processor runs, as its commands name it: user, definition and
+/// deadline (the period's end; none for a `once` quest).
+pub type QuestInstance = (String, String, Option<i64>);
+
+/// The quest commands of a run: for each instance, the id of the event that caused the
+/// command (its `causation_id`), so that a command sent on another event than the rules say
+/// (a completion found late, say) differs too.
+#[derive(Debug, Default, PartialEq)]
+pub struct QuestCommands {
+    /// `StartQuest`.
+    pub started: BTreeMap<QuestInstance, Uuid>,
+    /// `CompleteQuest`, each followed by its `ClaimQuestReward` of the quest's XP.
+    pub completed: BTreeMap<QuestInstance, Uuid>,
+    /// `FailQuest` (expired).
+    pub failed: BTreeMap<QuestInstance, Uuid>,
+}
+
+/// One user's activity as the quests count it.
+#[derive(Default)]
+struct QuestPlayer {
+    /// Meals not deleted: id → (day eaten, protein in g).
+    meals: HashMap<Uuid, (i64, f64)>,
+    water: HashMap<i64, i64>,
+    /// Days with a meal logged (`nutrition.meal.logged`; deletions and updates do not count).
+    logged: BTreeSet<i64>,
+    /// The game day: the newest day of a meal's `eaten_at` or a water log's `drunk_at`.
+    today: Option<i64>,
+    /// Instances started: (catalogue index, period start) → still open.
+    instances: BTreeMap<(usize, i64), bool>,
+}
+
+impl QuestPlayer {
+    fn progress(&self, quest: &CatalogueQuest, start: i64) -> f64 {
+        let in_period = |day: i64| quest.period.start(day) == start;
+        match quest.id {
+            "quests-log-3-meals" => self.meals.values().filter(|m| in_period(m.0)).count() as f64,
+            "quests-drink-2-litres" => self.water.get(&start).copied().unwrap_or(0) as f64,
+            "quests-protein-100-3-days" => {
+                let mut protein: HashMap<i64, f64> = HashMap::new();
+                for (day, grams) in self.meals.values().filter(|m| in_period(m.0)) {
+                    *protein.entry(*day).or_default() += grams;
+                }
+                protein.values().filter(|g| settled(**g) >= 100.0).count() as f64
+            }
+            // The run of consecutive logged days that ends on the newest logged day: a meal
+            // logged late for a missing day joins the runs on either side of it.
+            "quests-streak-7" => {
+                let Some(&newest) = self.logged.last() else {
+                    return 0.0;
+                };
+                (0..)
+                    .take_while(|back| self.logged.contains(&(newest - back)))
+                    .count() as f64
+            }
+            other => panic!("no catalogue quest {other}"),
+        }
+    }
+}
+
+/// What the quests processor must have sent for the user events `events` when no command
+/// processor answers it (tests/read_models_history.rs), by the quests README's rules, in log
+/// order per user: every catalogue quest of the period holding the game day is started; after
+/// each event, an open instance fails once the game day starts at or after its deadline, or
+/// else completes once its goal is reached.
+pub fn quest_commands_expected(events: &[Event]) -> QuestCommands {
+    let mut players: BTreeMap<String, QuestPlayer> = BTreeMap::new();
+    let mut expected = QuestCommands::default();
+    for event in events {
+        let (user, cause) = (&event.header().aggregate_id, event.header().event_id);
+        let player = players.entry(user.clone()).or_default();
+        let protein = |items: &[MealItem]| items.iter().map(|i| i.protein_g).sum::<f64>();
+        let activity = match event {
+            Event::MealLogged(e) => {
+                let day = day_of(e.payload.eaten_at);
+                player
+                    .meals
+                    .insert(e.payload.meal_id, (day, protein(&e.payload.items)));
+                player.logged.insert(day);
+                Some(day)
+            }
+            Event::MealUpdated(e) => {
+                let day = day_of(e.payload.eaten_at);
+                player
+                    .meals
+                    .insert(e.payload.meal_id, (day, protein(&e.payload.items)));
+                Some(day)
+            }
+            Event::MealDeleted(e) => {
+                player.meals.remove(&e.payload.meal_id);
+                None
+            }
+            Event::WaterIntakeLogged(e) => {
+                let day = day_of(e.payload.drunk_at);
+                *player.water.entry(day).or_default() += i64::from(e.payload.millilitres);
+                Some(day)
+            }
+            _ => continue,
+        };
+        let instance = |index: usize, start: i64| {
+            let quest = &QUEST_CATALOGUE[index];
+            (
+                user.clone(),
+                quest.id.to_owned(),
+                quest.period.deadline(start),
+            )
+        };
+        if let Some(day) = activity {
+            let today = player.today.map_or(day, |t| t.max(day));
+            player.today = Some(today);
+            for (index, quest) in QUEST_CATALOGUE.iter().enumerate() {
+                let start = quest.period.start(today);
+                if let btree_map::Entry::Vacant(slot) = player.instances.entry((index, start)) {
+                    slot.insert(true);
+                    expected.started.insert(instance(index, start), cause);
+                }
+            }
+        }
+        let Some(today) = player.today else {
+            continue;
+        };
+        let open: Vec<(usize, i64)> = player
+            .instances
+            .iter()
+            .filter(|(_, open)| **open)
+            .map(|(key, _)| *key)
+            .collect();
+        for (index, start) in open {
+            let quest = &QUEST_CATALOGUE[index];
+            let ended = if quest
+                .period
+                .deadline(start)
+                .is_some_and(|d| today * MICROS_PER_DAY >= d)
+            {
+                &mut expected.failed
+            } else if player.progress(quest, start) >= quest.target {
+                &mut expected.completed
+            } else {
+                continue;
+            };
+            ended.insert(instance(index, start), cause);
+            player.instances.insert((index, start), false);
+        }
+    }
+    expected
+}
+
+/// The quest commands the quests processor sent, by instance; panics on a command for a
+/// quest it did not start, one sent again on another event, or a reward other than the
+/// quest's XP or not after its completion.
+pub fn quest_commands_sent(commands: &[Command]) -> QuestCommands {
+    let mut instances: HashMap<Uuid, QuestInstance> = HashMap::new();
+    let mut sent = QuestCommands::default();
+    let mut claimed = BTreeMap::new();
+    let once = |to: &mut BTreeMap<QuestInstance, Uuid>,
+                instance: QuestInstance,
+                cause: Option<Uuid>| {
+        let cause = cause.unwrap_or_else(|| panic!("{instance:?}: a command without its cause"));
+        if let Some(before) = to.insert(instance.clone(), cause) {
+            assert_eq!(before, cause, "{instance:?} sent on two events");
+        }
+    };
+    for command in commands {
+        let find = |id: &Uuid| {
+            instances
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| panic!("a command for quest {id}, never started"))
+        };
+        match command {
+            Command::StartQuest(c) => {
+                let instance = (
+                    c.header.aggregate_id.clone(),
+                    c.payload.quest_definition_id.clone(),
+                    c.payload.deadline,
+                );
+                instances.insert(c.payload.quest_id, instance.clone());
+                once(&mut sent.started, instance, c.header.causation_id);
+            }
+            Command::CompleteQuest(c) => {
+                let instance = find(&c.payload.quest_id);
+                once(&mut sent.completed, instance, c.header.causation_id);
+            }
+            Command::FailQuest(c) => {
+                let instance = find(&c.payload.quest_id);
+                once(&mut sent.failed, instance, c.header.causation_id);
+            }
+            Command::ClaimQuestReward(c) => {
+                let instance = find(&c.payload.quest_id);
+                let quest = QUEST_CATALOGUE
+                    .iter()
+                    .find(|q| q.id == instance.1)
+                    .expect("a catalogue quest");
+                assert_eq!(c.payload.xp, quest.xp, "reward of {instance:?}");
+                assert!(
+                    sent.completed.contains_key(&instance),
+                    "{instance:?} claimed before its completion was sent"
+                );
+                once(&mut claimed, instance, c.header.causation_id);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(claimed, sent.completed, "one claim per completion");
+    sent
+}
+
+/// The quest commands of a run without a command processor against
+/// [`quest_commands_expected`], and `quests_by_user`: one `PENDING` row per instance started
+/// (no `quest.started` ever confirms one). Returns the expected commands.
+pub async fn check_quest_commands(
+    session: &Session,
+    ks: &str,
+    events: &[Event],
+    commands: &[Command],
+) -> QuestCommands {
+    let expected = quest_commands_expected(events);
+    let sent = quest_commands_sent(commands);
+    for (what, want, got) in [
+        ("started", &expected.started, &sent.started),
+        ("completed", &expected.completed, &sent.completed),
+        ("failed", &expected.failed, &sent.failed),
+    ] {
+        let differ: Vec<_> = want
+            .keys()
+            .chain(got.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| want.get(*k) != got.get(*k))
+            .map(|k| (k, want.get(k), got.get(k)))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "quests {what}: {} expected, {} sent; (instance, cause expected, cause sent) \
+             differing: {differ:?}",
+            want.len(),
+            got.len()
+        );
+    }
+    let rows = json_rows(session, format!("SELECT JSON * FROM {ks}.quests_by_user")).await;
+    let mut pending = BTreeSet::new();
+    for row in &rows {
+        assert_eq!(row["managed"].as_bool(), Some(true), "{row}");
+        assert_eq!(row["status"].as_str(), Some("PENDING"), "{row}");
+        let deadline = row["deadline"].as_str().map(|text| {
+            let day = dietstream::simulate::parse_day(&text[..10]).expect("deadline day");
+            i64::from(day) * MICROS_PER_DAY
+        });
+        pending.insert((
+            row["user_id"].as_str().expect("user_id").to_owned(),
+            row["definition_id"]
+                .as_str()
+                .expect("definition_id")
+                .to_owned(),
+            deadline,
+        ));
+    }
+    let started: BTreeSet<QuestInstance> = expected.started.keys().cloned().collect();
+    assert_eq!(pending, started, "quests_by_user");
+    expected
 }
 
 // --- insights ----------------------------------------------------------------------------

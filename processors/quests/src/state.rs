@@ -163,6 +163,11 @@ pub struct UserQuests {
     pub quests: BTreeMap<Uuid, Quest>,
     /// Quest totals.
     pub totals: Totals,
+    /// Bit `i` set: a meal was logged on the streak's `last_day - i` (the newest day with a
+    /// meal logged). Zero in states saved before it existed, which [`UserQuests::extend_streak`]
+    /// fills from the streak's run.
+    #[serde(default)]
+    pub logged_days: u64,
 }
 
 impl UserQuests {
@@ -171,24 +176,40 @@ impl UserQuests {
         self.meals.insert(id, meal);
     }
 
-    /// Extends or restarts the logging streak with a meal eaten on `day`; an earlier day than
-    /// the run's last changes nothing.
+    /// Records a meal logged for `day` in the logging streak: the run of consecutive days with
+    /// a meal logged that ends on the newest such day. A later day extends the run or starts
+    /// a new one; an earlier day (a meal logged late) fills its place among the last 64 days
+    /// and joins the runs on either side of it when it closes the gap.
     pub fn extend_streak(&mut self, day: i32) {
-        self.streak = match self.streak {
-            Some(s) if day <= s.last_day && day >= s.first_day - 1 => Some(Streak {
-                first_day: s.first_day.min(day),
-                last_day: s.last_day,
-            }),
-            Some(s) if day < s.first_day => Some(s),
-            Some(s) if day == s.last_day + 1 => Some(Streak {
-                first_day: s.first_day,
-                last_day: day,
-            }),
-            _ => Some(Streak {
+        let Some(mut streak) = self.streak else {
+            self.streak = Some(Streak {
                 first_day: day,
                 last_day: day,
-            }),
+            });
+            self.logged_days = 1;
+            return;
         };
+        if self.logged_days == 0 {
+            // Saved before the days were kept: the run's days are the ones known.
+            let run = streak.last_day - streak.first_day + 1;
+            self.logged_days = u64::MAX >> (64 - run.clamp(1, 64));
+        }
+        if day > streak.last_day {
+            let shift = u32::try_from(day - streak.last_day).unwrap_or(u32::MAX);
+            self.logged_days = self.logged_days.checked_shl(shift).unwrap_or(0) | 1;
+            streak.last_day = day;
+        } else if let Ok(back @ 0..64) = u32::try_from(streak.last_day - day) {
+            self.logged_days |= 1 << back;
+        }
+        // The run ending on the newest day. One as long as the kept days may be longer: it
+        // starts where it was known to, or 64 days back if that is earlier.
+        let run = self.logged_days.trailing_ones().cast_signed();
+        streak.first_day = if run < 64 {
+            streak.last_day - run + 1
+        } else {
+            streak.first_day.min(streak.last_day - 63)
+        };
+        self.streak = Some(streak);
     }
 
     /// Moves the window to end at `day` (if newer) and drops what fell out of it: activity of

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::catalogue::{CATALOGUE, DAY_MICROS};
+use crate::state::Streak;
 
 const TOPIC: &str = "diet.events.user";
 /// 2026-01-01T00:00:00Z (a Thursday), in µs.
@@ -337,6 +338,84 @@ fn quests_past_their_deadline_fail_and_the_next_period_starts() {
             .count(),
         2
     );
+}
+
+/// A player logs every day of a week but forgets the Thursday, and logs its lunch on Sunday
+/// night: the week is seven days in a row, and the streak quest completes on that meal.
+#[test]
+fn a_meal_logged_late_for_a_missing_day_joins_the_streak() {
+    let day = |d: i64| NEW_YEAR + d * DAY_MICROS + 12 * HOUR;
+    let mut events: Vec<Event> = [0, 1, 2, 4, 5, 6]
+        .into_iter()
+        .zip(1..)
+        .map(|(d, n)| meal_logged("u1", n, day(d), n, day(d), 20.0))
+        .collect();
+    events.push(meal_logged("u1", 7, day(6) + 9 * HOUR, 7, day(3), 20.0));
+    let (state, effects) = given(&events);
+    let streak_id = quest_id("u1", def("quests-streak-7"), 0);
+    let completes = |effects: &Effects| {
+        effects
+            .commands
+            .iter()
+            .any(|c| matches!(c, Command::CompleteQuest(q) if q.payload.quest_id == streak_id))
+    };
+    assert!(
+        !effects[..6].iter().any(completes),
+        "no run of seven before"
+    );
+    assert!(completes(&effects[6]), "{:?}", types(&effects[6].commands));
+    assert_eq!(
+        state.streak,
+        Some(Streak {
+            first_day: 20454,
+            last_day: 20460
+        })
+    );
+}
+
+#[test]
+fn the_streak_keeps_64_days_and_reads_states_saved_before_it_kept_them() {
+    let mut state = UserQuests::default();
+    let run = |state: &UserQuests| state.streak.map(|s| (s.first_day, s.last_day));
+    for day in (100..111).chain(112..130) {
+        state.extend_streak(day);
+    }
+    assert_eq!(run(&state), Some((112, 129)));
+    // Day 111 joins the run; day 65 is more than 63 days back, so its place is not kept.
+    state.extend_streak(111);
+    assert_eq!(run(&state), Some((100, 129)));
+    state.extend_streak(65);
+    assert_eq!(run(&state), Some((100, 129)));
+    // A gap after the newest day starts a new run, and days logged late before the gap do
+    // not reach it.
+    state.extend_streak(140);
+    state.extend_streak(131);
+    assert_eq!(run(&state), Some((140, 140)));
+    // A run longer than the kept days keeps its start; filling a gap that makes all the kept
+    // days one run starts it at least 64 days back.
+    for day in 141..300 {
+        state.extend_streak(day);
+    }
+    assert_eq!(run(&state), Some((140, 299)));
+    let mut holed = UserQuests::default();
+    for day in (200..271).chain(272..300) {
+        holed.extend_streak(day);
+    }
+    assert_eq!(run(&holed), Some((272, 299)));
+    holed.extend_streak(271);
+    assert_eq!(run(&holed), Some((236, 299)));
+
+    // A state saved before the days were kept: its run's days count as logged.
+    let mut old = UserQuests {
+        streak: Some(Streak {
+            first_day: 50,
+            last_day: 54,
+        }),
+        ..UserQuests::default()
+    };
+    old.extend_streak(56);
+    old.extend_streak(55);
+    assert_eq!(run(&old), Some((50, 56)));
 }
 
 #[test]
