@@ -16,9 +16,9 @@
 //! As the command processor writes them, each aggregate's events are in time order, a meal is
 //! updated or deleted only after it was logged, and `user.registered` comes first. One
 //! player's events all come after everyone else's, months behind the newest of their
-//! partition (the command processor's clock would not produce that): engagement's rule for
-//! late activities is per user, so that history counts in the active-user tables like any
-//! other. The AI topic's insights and feedback are made up by the generator (the AI
+//! partition (the command processor's clock would not produce that), its first two days before
+//! anyone else's: engagement's rule for late activities is per user, so that history counts in
+//! the active-user tables like any other, also on the days only that player was active. The AI topic's insights and feedback are made up by the generator (the AI
 //! aggregate's events, as any client's insights would be); no command processor runs, so the
 //! commands the processors send stay in `diet.commands`, where the test reads them: the goals
 //! met, one `CreateInsight` per insight drawn, and the quests' commands (no quest is ever
@@ -26,7 +26,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::events::{meal_item, produce_all, Stamp, DAY_START};
@@ -150,7 +150,13 @@ fn items(rng: &mut StdRng, kcal: f64, fatty: bool) -> Vec<MealItem> {
 fn player(rng: &mut StdRng, u: usize, first_day: i64, edges: &mut Edges) -> Vec<Draft> {
     let mut out = Vec::new();
     // Registrations in the first five weeks (different ISO weeks, across a month's end).
-    let registered = first_day + if u == 0 { 0 } else { rng.random_range(0..35) };
+    // The late player registers two days before anyone else: the activity of those days is
+    // theirs alone, and reaches the log months after the newest of their partition.
+    let registered = match u {
+        0 => first_day,
+        LATE_PLAYER => first_day - 2,
+        _ => first_day + rng.random_range(0..35),
+    };
     // Player 0 stops for 95 days, players 1 and 2 for 35 days, the others only for a day or
     // a few now and then (breaking their streaks).
     let idle = match u {
@@ -565,8 +571,29 @@ async fn every_read_model_over_four_months_equals_the_oracle() {
     assert!(met > 0, "no goal met, so none was checked");
 
     let late = oracle::synced_late(&user);
-    eprintln!("engagement: {late} activities more than 31 days behind their partition");
-    assert!(late > 0, "no history reaches its partition late");
+    // Days whose only events are the late player's: their active-user rows exist only if the
+    // late activities count.
+    let mut users_of_day: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
+    for event in &events {
+        let header = event.header();
+        users_of_day
+            .entry(header.timestamp.div_euclid(DAY))
+            .or_default()
+            .insert(&header.aggregate_id);
+    }
+    let late_player = format!("hist-{LATE_PLAYER:02}");
+    let alone = users_of_day
+        .values()
+        .filter(|users| users.len() == 1 && users.contains(late_player.as_str()))
+        .count();
+    eprintln!(
+        "engagement: {late} activities more than 31 days behind their partition, on {alone} \
+         days of no other player's"
+    );
+    assert!(
+        late > 0 && alone > 0,
+        "no history reaches its partition late"
+    );
     oracle::check_engagement(&session, ks, &user).await;
     oracle::check_engagement_partials(&session, ks, &user, &[]).await;
 
