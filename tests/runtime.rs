@@ -21,7 +21,7 @@ use dietstream_runtime::partials::{is_partial_entity, PartialSums};
 use dietstream_runtime::store::{decode_state, COMPACT_STATE};
 use dietstream_runtime::{
     Effects, Origin, Partial, PartialTable, ProcessorMetrics, Projection, Row, RuleError, Store,
-    Sum, Table,
+    StoreError, Sum, Table,
 };
 use dietstream_schemas::catalog::Catalog;
 use dietstream_schemas::codec::{Codec, RECORD_TYPE_HEADER};
@@ -55,6 +55,12 @@ struct Water {
     /// loop stops with an error after the batch's partial rows were written and saved, before
     /// any user state of the batch is.
     poison: Option<i64>,
+    /// An intake of this many ml is written to `rt_water_days` as text, which its `bigint`
+    /// column cannot take.
+    mistype: Option<i64>,
+    /// An intake of this many ml adds to a partial row of `rt_water_partitions`, which is not
+    /// declared partial.
+    stray_partial: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -171,6 +177,13 @@ impl Projection for Water {
             });
             figures.0 += millilitres;
             figures.1 += 1;
+            if self.stray_partial == Some(millilitres) {
+                partials.push(Partial {
+                    table: "rt_water_partitions",
+                    key: Vec::new(),
+                    deltas: vec![millilitres],
+                });
+            }
             if self.poison == Some(millilitres) {
                 poisoned = Some(Row::upsert(
                     "rt_water_days",
@@ -185,7 +198,11 @@ impl Projection for Water {
                     cql_date(day),
                 ],
                 vec![
-                    Some(CqlValue::BigInt(figures.0)),
+                    Some(if self.mistype == Some(millilitres) {
+                        CqlValue::Text(figures.0.to_string())
+                    } else {
+                        CqlValue::BigInt(figures.0)
+                    }),
                     Some(CqlValue::BigInt(figures.1)),
                 ],
             )
@@ -674,7 +691,11 @@ async fn a_stop_between_the_partial_rows_and_the_users_states_counts_nothing_twi
     let partition = partition_for("user-0", PARTITIONS);
 
     let group = common::unique_name("water");
-    let (processor, _stop, _, _) = fixture.start(&group, Water { poison: Some(777) }).await;
+    let poisoned = Water {
+        poison: Some(777),
+        ..Water::default()
+    };
+    let (processor, _stop, _, _) = fixture.start(&group, poisoned).await;
     let stopped = tokio::time::timeout(TIMEOUT, processor)
         .await
         .expect("the poisoned loop stops within the timeout")
@@ -713,6 +734,59 @@ async fn a_stop_between_the_partial_rows_and_the_users_states_counts_nothing_twi
     assert_eq!(fixture.water_days().await, oracle);
     assert_eq!(fixture.day_partials().await, partials_of(&oracle));
     assert_eq!(fixture.user_offset("user-0").await, Some(end - 1));
+}
+
+/// Runs `projection` over one intake of `millilitres`, which it gets wrong, and requires the
+/// loop to stop on it at once with [`StoreError::BadRow`] naming `table`, without a retry and
+/// without the user's row: a bug in the projection, which no retry mends.
+async fn a_projection_bug_stops_the_loop(projection: Water, millilitres: i32, table: &str) {
+    common::init_tracing();
+    let fixture = Fixture::new().await;
+    fixture
+        .produce_event(&water("user-0", 1, DAY_START + HOUR, millilitres))
+        .await;
+    let group = common::unique_name("water");
+    let (processor, _stop, registry, _) = fixture.start(&group, projection).await;
+    let stopped = tokio::time::timeout(TIMEOUT, processor)
+        .await
+        .expect("the loop stops within the timeout")
+        .expect("processor task");
+    let error = stopped.expect_err("the loop stops on the projection's bug");
+    assert!(
+        matches!(
+            &error,
+            dietstream_runtime::RuntimeError::Store(StoreError::BadRow { table: named, .. })
+                if named == table
+        ),
+        "{error}"
+    );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("metrics text");
+    assert!(
+        !text.contains("dietstream_retries_total{"),
+        "no retry expected:\n{text}"
+    );
+    assert_eq!(fixture.water_days().await, BTreeMap::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_its_column_cannot_take_stops_the_loop_without_retries() {
+    let mistyped = Water {
+        mistype: Some(555),
+        ..Water::default()
+    };
+    a_projection_bug_stops_the_loop(mistyped, 555, "rt_water_days").await;
+}
+
+/// Its sums' column types are unknown: they were written as `bigint` before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_row_of_a_table_not_declared_partial_stops_the_loop() {
+    let stray = Water {
+        stray_partial: Some(556),
+        ..Water::default()
+    };
+    a_projection_bug_stops_the_loop(stray, 556, "rt_water_partitions").await;
 }
 
 /// Every state row of the water processor: (source, entity, state bytes).

@@ -308,6 +308,9 @@ struct Work<S> {
     states: Vec<(String, Stored<S>)>,
     /// Touched partial rows, written before `rows`, and their sums, saved before `states`.
     partial_rows: Vec<Row>,
+    /// A partial row the projection got wrong ([`partials::row`]): the task writes nothing
+    /// and stops the loop with it.
+    bad_partial: Option<StoreError>,
     partials: Vec<(String, Stored<PartialSums>)>,
     letters: Vec<Letter>,
     commands: Vec<Command>,
@@ -865,6 +868,7 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
             rows: Vec::new(),
             states: Vec::new(),
             partial_rows: Vec::new(),
+            bad_partial: None,
             partials: Vec::new(),
             letters: Vec::new(),
             commands: Vec::new(),
@@ -988,13 +992,11 @@ impl<P: Projection, R: SchemaRegistry + 'static> LoopState<P, R> {
             .collect();
         for (name, (table, key)) in touched {
             if let Some(stored) = slot.partials.get(&name) {
-                work.partial_rows.push(partials::row(
-                    projection.partials(),
-                    table,
-                    &key,
-                    work.key.1,
-                    &stored.state.sums,
-                ));
+                let sums = &stored.state.sums;
+                match partials::row(projection.partials(), table, &key, work.key.1, sums) {
+                    Ok(row) => work.partial_rows.push(row),
+                    Err(error) => work.bad_partial = Some(error),
+                }
                 work.partials.push((name, stored.clone()));
             }
         }
@@ -1029,6 +1031,9 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
     // Steps done survive a retry: a dead letter or command is not sent twice by this task.
     let mut letters_sent = 0;
     let mut commands_sent = 0;
+    if let Some(error) = work.bad_partial {
+        return Err(RuntimeError::Store(error));
+    }
     loop {
         let attempt = async {
             while letters_sent < work.letters.len() {

@@ -120,13 +120,15 @@ impl<S: Clone + Default> MemoryRun<S> {
                     let mut rows = Vec::new();
                     for partial in &effects.partials {
                         if let Some(stored) = sums.add(partial, offset).and_then(|n| sums.get(&n)) {
-                            rows.push(partials::row(
+                            let row = partials::row(
                                 projection.partials(),
                                 partial.table,
                                 &partial.key,
                                 partition,
                                 &stored.state.sums,
-                            ));
+                            );
+                            // The loop stops on it: a bug in the projection under test.
+                            rows.push(row.unwrap_or_else(|e| panic!("{e}")));
                         }
                     }
                     for row in rows {

@@ -12,7 +12,7 @@ use scylla::value::{CqlDate, CqlTimestamp, CqlValue};
 use serde::{Deserialize, Serialize};
 
 use crate::projection::{Partial, PartialTable, Row, Sum, Table};
-use crate::store::Stored;
+use crate::store::{StoreError, Stored};
 
 /// How the state-table entity of a partial row starts.
 pub const ENTITY_PREFIX: &str = "\u{0}partial\u{0}";
@@ -163,24 +163,31 @@ pub fn declaration_problems(tables: &[Table], partials: &[PartialTable]) -> Vec<
 }
 
 /// The row to write for a partial row's sums: its key with `partition` appended, its sums in
-/// their columns' CQL types; a delete when every sum is zero (no contribution left). A table
-/// not declared in `declared` has its sums written as `bigint`.
+/// their columns' CQL types; a delete when every sum is zero (no contribution left).
+///
+/// A partial row of a table that `declared` does not list is a bug in the projection: its
+/// sums' column types are unknown, so it is refused ([`StoreError::BadRow`], which stops the
+/// loop) rather than written as `bigint`.
 pub fn row(
     declared: &[PartialTable],
     table: &'static str,
     key: &[CqlValue],
     partition: i32,
     sums: &[i64],
-) -> Row {
-    let mut key = key.to_vec();
-    key.push(CqlValue::Int(partition));
-    if sums.iter().all(|s| *s == 0) {
-        return Row::Delete { table, key };
-    }
+) -> Result<Row, StoreError> {
     let kinds = declared
         .iter()
         .find(|t| t.name == table)
-        .map_or(&[][..], |t| t.sums);
+        .ok_or_else(|| StoreError::BadRow {
+            table: table.to_owned(),
+            problem: "a partial row of a table Projection::partials() does not declare".to_owned(),
+        })?
+        .sums;
+    let mut key = key.to_vec();
+    key.push(CqlValue::Int(partition));
+    if sums.iter().all(|s| *s == 0) {
+        return Ok(Row::Delete { table, key });
+    }
     let values = sums
         .iter()
         .enumerate()
@@ -196,7 +203,7 @@ pub fn row(
             })
         })
         .collect();
-    Row::upsert(table, key, values)
+    Ok(Row::upsert(table, key, values))
 }
 
 #[cfg(test)]
@@ -299,7 +306,7 @@ mod tests {
         }];
         let key = [CqlValue::Int(7)];
         assert_eq!(
-            row(SUMS, "t", &key, 2, &[1, 2, 1_500_000]),
+            row(SUMS, "t", &key, 2, &[1, 2, 1_500_000]).expect("declared"),
             Row::upsert(
                 "t",
                 vec![CqlValue::Int(7), CqlValue::Int(2)],
@@ -311,14 +318,14 @@ mod tests {
             )
         );
         assert_eq!(
-            row(SUMS, "t", &key, 2, &[0, 0, 0]),
+            row(SUMS, "t", &key, 2, &[0, 0, 0]).expect("declared"),
             Row::Delete {
                 table: "t",
                 key: vec![CqlValue::Int(7), CqlValue::Int(2)]
             }
         );
         assert_eq!(
-            row(SUMS, "t", &key, 0, &[i64::MAX, 0, 0]),
+            row(SUMS, "t", &key, 0, &[i64::MAX, 0, 0]).expect("declared"),
             Row::upsert(
                 "t",
                 vec![CqlValue::Int(7), CqlValue::Int(0)],
@@ -331,5 +338,20 @@ mod tests {
         );
         assert_eq!(Sum::millionths(1.25), 1_250_000);
         assert_eq!(Sum::millionths(f64::NAN), 0);
+    }
+
+    #[test]
+    fn a_partial_row_of_an_undeclared_table_is_refused_not_guessed() {
+        let declared = [PartialTable {
+            name: "days",
+            sums: &[Sum::Int],
+        }];
+        let refused = row(&declared, "users", &[CqlValue::Int(7)], 0, &[5]);
+        assert!(
+            matches!(&refused, Err(StoreError::BadRow { table, .. }) if table == "users"),
+            "{refused:?}"
+        );
+        // Even one whose sums are all zero: the table is wrong whatever its sums.
+        assert!(row(&declared, "users", &[CqlValue::Int(7)], 0, &[0]).is_err());
     }
 }

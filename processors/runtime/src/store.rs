@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
-use scylla::errors::{ExecutionError, PagerExecutionError, PrepareError};
+use scylla::errors::{BadQuery, ExecutionError, PagerExecutionError, PrepareError};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
@@ -24,8 +24,9 @@ use crate::generation::{map_statement, table_name};
 use crate::partials::{is_partial_entity, PartialSums, Partials};
 use crate::projection::{Projection, Row, Table};
 
-/// Why a CQL step failed. Every CQL failure is treated as transient by the loop: even a
-/// permanent one (a dropped table) is not the record's fault, so nothing is skipped.
+/// Why a CQL step failed. Every CQL failure but [`StoreError::BadRow`] is treated as transient
+/// by the loop: even a permanent one (a dropped table) is not the record's fault, so nothing is
+/// skipped. A bad row is the projection's fault, and stops the loop at once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A migration statement failed.
@@ -54,8 +55,9 @@ pub enum StoreError {
         /// What the driver said.
         message: String,
     },
-    /// A row names a table the projection does not declare, or has the wrong column count: a
-    /// bug in the projection.
+    /// A row names a table the projection does not declare, has the wrong column count, holds
+    /// a value of another type than its column's, or is a partial row of a table not declared
+    /// partial: a bug in the projection. The loop stops on it at once, without retries.
     #[error("row for table {table} does not match its declaration: {problem}")]
     BadRow {
         /// The table named.
@@ -533,14 +535,26 @@ impl Store {
                 for index in request {
                     observe(rows[*index].table(), took);
                 }
-                result.map_err(|e| StoreError::Execute {
-                    operation: match request {
-                        [index] if matches!(rows[*index], Row::Delete { .. }) => "delete",
-                        [_] => "upsert",
-                        _ => "batch",
+                let table = || rows[request[0]].table().to_owned();
+                result.map_err(|e| match e {
+                    // The driver could not bind a value to its column: a bug in the
+                    // projection, which no retry mends (in a batch, the first row's table is
+                    // named; the driver's message names the column's type).
+                    ExecutionError::BadQuery(BadQuery::SerializationError(e)) => {
+                        StoreError::BadRow {
+                            table: table(),
+                            problem: format!("a value does not fit its column: {e}"),
+                        }
+                    }
+                    e => StoreError::Execute {
+                        operation: match request {
+                            [index] if matches!(rows[*index], Row::Delete { .. }) => "delete",
+                            [_] => "upsert",
+                            _ => "batch",
+                        },
+                        table: table(),
+                        message: e.to_string(),
                     },
-                    table: rows[request[0]].table().to_owned(),
-                    message: e.to_string(),
                 })
             })
             .collect();
