@@ -619,12 +619,7 @@ async fn every_read_model_over_four_months_equals_the_oracle() {
         quests.completed.len(),
         quests.failed.len()
     );
-    for definition in [
-        "quests-log-3-meals",
-        "quests-drink-2-litres",
-        "quests-streak-7",
-        "quests-protein-100-3-days",
-    ] {
+    for definition in oracle::catalogue_quests() {
         let of = |sent: &BTreeMap<oracle::QuestInstance, Uuid>| {
             sent.keys().filter(|q| q.1 == definition).count()
         };

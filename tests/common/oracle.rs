@@ -1605,6 +1605,11 @@ const QUEST_CATALOGUE: [CatalogueQuest; 4] = [
     },
 ];
 
+/// The ids of the catalogue's quests.
+pub fn catalogue_quests() -> impl Iterator<Item = &'static str> {
+    QUEST_CATALOGUE.iter().map(|q| q.id)
+}
+
 impl QuestPeriod {
     /// First day of the instance holding `day` (0 for the one instance of a `once` quest).
     fn start(self, day: i64) -> i64 {

@@ -80,6 +80,11 @@ impl<S: Clone + Default> MemoryRun<S> {
 
     /// Delivers one record as the loop would: its rows are written at once, the changed
     /// entities' states at the next [`MemoryRun::commit`].
+    ///
+    /// # Panics
+    ///
+    /// On a partial row of a table the projection does not declare partial, which stops the
+    /// loop ([`partials::row`]).
     pub fn deliver<P: Projection<State = S>>(
         &mut self,
         projection: &P,
@@ -127,7 +132,6 @@ impl<S: Clone + Default> MemoryRun<S> {
                                 partition,
                                 &stored.state.sums,
                             );
-                            // The loop stops on it: a bug in the projection under test.
                             rows.push(row.unwrap_or_else(|e| panic!("{e}")));
                         }
                     }

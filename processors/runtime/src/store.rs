@@ -4,8 +4,8 @@
 //! Every processor has a state table `<processor>_state`, one CQL partition per source
 //! partition (`source` = `<topic>/<partition>`), one row per entity: the entity's state
 //! ([`encode_state`]) and the offset of the last record applied to it, and one row per partial
-//! row of the partition ([`crate::partials`]). Loading a partition's state when it is assigned is one
-//! paged query.
+//! row of the partition ([`crate::partials`]). Loading a partition's state when it is assigned
+//! is one paged query.
 
 use std::collections::HashMap;
 use std::sync::Arc;
