@@ -21,8 +21,8 @@
 //! the active-user tables like any other, also on the days only that player was active. The AI topic's insights and feedback are made up by the generator (the AI
 //! aggregate's events, as any client's insights would be); no command processor runs, so the
 //! commands the processors send stay in `diet.commands`, where the test reads them: the goals
-//! met, one `CreateInsight` per insight drawn, and the quests' commands (no quest is ever
-//! confirmed, so every quest row stays `PENDING`).
+//! met, one `CreateInsight` per insight drawn, and the quests' commands, each on the event the
+//! rules say (no quest is ever confirmed, so every quest row stays `PENDING`).
 
 mod common;
 
@@ -614,10 +614,11 @@ async fn every_read_model_over_four_months_equals_the_oracle() {
 
     let quests = oracle::check_quest_commands(&session, ks, &events, &commands).await;
     eprintln!(
-        "quests: {} started, {} completed, {} failed",
+        "quests: {} started, {} completed, {} failed, {} progress commands",
         quests.started.len(),
         quests.completed.len(),
-        quests.failed.len()
+        quests.failed.len(),
+        quests.progressed.values().map(Vec::len).sum::<usize>()
     );
     for definition in oracle::catalogue_quests() {
         let of = |sent: &BTreeMap<oracle::QuestInstance, Uuid>| {

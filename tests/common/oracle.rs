@@ -1645,6 +1645,8 @@ pub struct QuestCommands {
     pub completed: BTreeMap<QuestInstance, Uuid>,
     /// `FailQuest` (expired).
     pub failed: BTreeMap<QuestInstance, Uuid>,
+    /// `ProgressQuest`, in order: the progress sent (capped at the target) and its cause.
+    pub progressed: BTreeMap<QuestInstance, Vec<(f64, Uuid)>>,
 }
 
 /// One user's activity as the quests count it.
@@ -1657,8 +1659,9 @@ struct QuestPlayer {
     logged: BTreeSet<i64>,
     /// The game day: the newest day of a meal's `eaten_at` or a water log's `drunk_at`.
     today: Option<i64>,
-    /// Instances started: (catalogue index, period start) → still open.
-    instances: BTreeMap<(usize, i64), bool>,
+    /// Instances started: (catalogue index, period start) → still open, and the last
+    /// progress sent.
+    instances: BTreeMap<(usize, i64), (bool, f64)>,
 }
 
 impl QuestPlayer {
@@ -1693,10 +1696,13 @@ impl QuestPlayer {
 /// processor answers it (tests/read_models_history.rs), by the quests README's rules, in log
 /// order per user: every catalogue quest of the period holding the game day is started; after
 /// each event, an open instance fails once the game day starts at or after its deadline, or
-/// else completes once its goal is reached.
-pub fn quest_commands_expected(events: &[Event]) -> QuestCommands {
+/// else sends its progress (capped at the target) when that changed, and completes once it
+/// reaches the target. Also the `computed_progress` each instance's row must show: its
+/// progress (uncapped) after the last event of its period that found it open.
+pub fn quest_commands_expected(events: &[Event]) -> (QuestCommands, BTreeMap<QuestInstance, f64>) {
     let mut players: BTreeMap<String, QuestPlayer> = BTreeMap::new();
     let mut expected = QuestCommands::default();
+    let mut computed = BTreeMap::new();
     for event in events {
         let (user, cause) = (&event.header().aggregate_id, event.header().event_id);
         let player = players.entry(user.clone()).or_default();
@@ -1742,7 +1748,7 @@ pub fn quest_commands_expected(events: &[Event]) -> QuestCommands {
             for (index, quest) in QUEST_CATALOGUE.iter().enumerate() {
                 let start = quest.period.start(today);
                 if let btree_map::Entry::Vacant(slot) = player.instances.entry((index, start)) {
-                    slot.insert(true);
+                    slot.insert((true, 0.0));
                     expected.started.insert(instance(index, start), cause);
                 }
             }
@@ -1753,27 +1759,41 @@ pub fn quest_commands_expected(events: &[Event]) -> QuestCommands {
         let open: Vec<(usize, i64)> = player
             .instances
             .iter()
-            .filter(|(_, open)| **open)
+            .filter(|(_, (open, _))| *open)
             .map(|(key, _)| *key)
             .collect();
         for (index, start) in open {
             let quest = &QUEST_CATALOGUE[index];
-            let ended = if quest
+            let key = instance(index, start);
+            let progress = player.progress(quest, start);
+            let (open, sent) = player
+                .instances
+                .get_mut(&(index, start))
+                .expect("an instance started");
+            if quest
                 .period
                 .deadline(start)
                 .is_some_and(|d| today * MICROS_PER_DAY >= d)
             {
-                &mut expected.failed
-            } else if player.progress(quest, start) >= quest.target {
-                &mut expected.completed
-            } else {
+                // Ended by an event of a later period: its progress stays what it was.
+                expected.failed.insert(key, cause);
+                *open = false;
                 continue;
-            };
-            ended.insert(instance(index, start), cause);
-            player.instances.insert((index, start), false);
+            }
+            computed.insert(key.clone(), progress);
+            let capped = progress.min(quest.target);
+            if capped != *sent {
+                let progressed = expected.progressed.entry(key.clone()).or_default();
+                progressed.push((capped, cause));
+                *sent = capped;
+            }
+            if capped >= quest.target {
+                expected.completed.insert(key, cause);
+                *open = false;
+            }
         }
     }
-    expected
+    (expected, computed)
 }
 
 /// The quest commands the quests processor sent, by instance; panics on a command for a
@@ -1816,6 +1836,12 @@ pub fn quest_commands_sent(commands: &[Command]) -> QuestCommands {
                 let instance = find(&c.payload.quest_id);
                 once(&mut sent.failed, instance, c.header.causation_id);
             }
+            Command::ProgressQuest(c) => {
+                let instance = find(&c.payload.quest_id);
+                let cause = c.header.causation_id.expect("a progress with its cause");
+                let progressed = sent.progressed.entry(instance).or_default();
+                progressed.push((c.payload.progress, cause));
+            }
             Command::ClaimQuestReward(c) => {
                 let instance = find(&c.payload.quest_id);
                 let quest = QUEST_CATALOGUE
@@ -1836,40 +1862,46 @@ pub fn quest_commands_sent(commands: &[Command]) -> QuestCommands {
     sent
 }
 
+/// Panics with the instances whose `want` and `got` differ.
+fn assert_same_per_instance<V: PartialEq + std::fmt::Debug>(
+    what: &str,
+    want: &BTreeMap<QuestInstance, V>,
+    got: &BTreeMap<QuestInstance, V>,
+) {
+    let differ: Vec<_> = want
+        .keys()
+        .chain(got.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| want.get(*k) != got.get(*k))
+        .map(|k| (k, want.get(k), got.get(k)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "quests {what}: {} expected, {} sent; (instance, expected, sent) differing: {differ:?}",
+        want.len(),
+        got.len()
+    );
+}
+
 /// The quest commands of a run without a command processor against
 /// [`quest_commands_expected`], and `quests_by_user`: one `PENDING` row per instance started
-/// (no `quest.started` ever confirms one). Returns the expected commands.
+/// (no `quest.started` ever confirms one), with its `computed_progress`. Returns the expected
+/// commands.
 pub async fn check_quest_commands(
     session: &Session,
     ks: &str,
     events: &[Event],
     commands: &[Command],
 ) -> QuestCommands {
-    let expected = quest_commands_expected(events);
+    let (expected, computed) = quest_commands_expected(events);
     let sent = quest_commands_sent(commands);
-    for (what, want, got) in [
-        ("started", &expected.started, &sent.started),
-        ("completed", &expected.completed, &sent.completed),
-        ("failed", &expected.failed, &sent.failed),
-    ] {
-        let differ: Vec<_> = want
-            .keys()
-            .chain(got.keys())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .filter(|k| want.get(*k) != got.get(*k))
-            .map(|k| (k, want.get(k), got.get(k)))
-            .collect();
-        assert!(
-            differ.is_empty(),
-            "quests {what}: {} expected, {} sent; (instance, cause expected, cause sent) \
-             differing: {differ:?}",
-            want.len(),
-            got.len()
-        );
-    }
+    assert_same_per_instance("started", &expected.started, &sent.started);
+    assert_same_per_instance("completed", &expected.completed, &sent.completed);
+    assert_same_per_instance("failed", &expected.failed, &sent.failed);
+    assert_same_per_instance("progressed", &expected.progressed, &sent.progressed);
     let rows = json_rows(session, format!("SELECT JSON * FROM {ks}.quests_by_user")).await;
-    let mut pending = BTreeSet::new();
+    let mut pending = BTreeMap::new();
     for row in &rows {
         assert_eq!(row["managed"].as_bool(), Some(true), "{row}");
         assert_eq!(row["status"].as_str(), Some("PENDING"), "{row}");
@@ -1877,17 +1909,27 @@ pub async fn check_quest_commands(
             let day = dietstream::simulate::parse_day(&text[..10]).expect("deadline day");
             i64::from(day) * MICROS_PER_DAY
         });
-        pending.insert((
+        let instance = (
             row["user_id"].as_str().expect("user_id").to_owned(),
             row["definition_id"]
                 .as_str()
                 .expect("definition_id")
                 .to_owned(),
             deadline,
-        ));
+        );
+        let progress = row["computed_progress"].as_f64();
+        assert!(
+            progress.is_none_or(|p| !(p == 0.0 && p.is_sign_negative())),
+            "computed_progress -0 in {row}"
+        );
+        pending.insert(instance, progress);
     }
-    let started: BTreeSet<QuestInstance> = expected.started.keys().cloned().collect();
-    assert_eq!(pending, started, "quests_by_user");
+    let started: BTreeMap<QuestInstance, Option<f64>> = expected
+        .started
+        .keys()
+        .map(|instance| (instance.clone(), computed.get(instance).copied()))
+        .collect();
+    assert_same_per_instance("rows (computed_progress)", &started, &pending);
     expected
 }
 

@@ -361,7 +361,11 @@ fn drive_quests(state: &mut UserQuests, user: &str, event: &EventHeader) -> Vec<
             }
         }
         if let Some(quest) = state.quests.get_mut(&id) {
-            quest.computed = Some(computed);
+            // An expired quest keeps the progress its period reached: by the event that ends
+            // it, a player back after a week or more has that period's days out of the window.
+            if !sent.failed {
+                quest.computed = Some(computed);
+            }
             quest.sent = Some(sent);
         }
     }

@@ -241,7 +241,8 @@ impl UserQuests {
                 .iter()
                 .filter(|(d, _)| in_period(**d))
                 .map(|(_, ml)| *ml as f64)
-                .sum(),
+                // An empty float sum is -0.0, which the row would show as such.
+                .fold(0.0, |total, ml| total + ml),
             Goal::LoggingStreakDays => self
                 .streak
                 .map_or(0.0, |s| f64::from(s.last_day - s.first_day + 1)),

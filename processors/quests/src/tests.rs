@@ -418,6 +418,26 @@ fn the_streak_keeps_64_days_and_reads_states_saved_before_it_kept_them() {
     assert_eq!(run(&old), Some((50, 56)));
 }
 
+/// A player drinks 400 ml on New Year's Day and comes back ten days later: the day's water
+/// quest expires then, and keeps the 400 ml its day reached, though that day has left the
+/// eight-day window by the event that ends it. A day without water shows 0, not -0.
+#[test]
+fn an_expired_quest_keeps_the_progress_its_period_reached() {
+    let back = NEW_YEAR + 10 * DAY_MICROS + 9 * HOUR;
+    let (state, _) = given(&[
+        water("u1", 1, NEW_YEAR + 9 * HOUR, 400),
+        meal_logged("u1", 2, back, 1, back, 20.0),
+    ]);
+    let computed = |day: i32| {
+        let quest = &state.quests[&quest_id("u1", def("quests-drink-2-litres"), day)];
+        quest.computed.map(f64::to_bits)
+    };
+    assert_eq!(computed(20454), Some(400.0_f64.to_bits()));
+    assert_eq!(computed(20464), Some(0.0_f64.to_bits()));
+    let expired = &state.quests[&quest_id("u1", def("quests-drink-2-litres"), 20454)];
+    assert!(expired.sent.is_some_and(|s| s.failed));
+}
+
 #[test]
 fn protein_days_follow_updates_and_deletions() {
     let t = NEW_YEAR + 20 * HOUR;
