@@ -18,11 +18,12 @@
 //! player's events all come after everyone else's, months behind the newest of their
 //! partition (the command processor's clock would not produce that), its first two days before
 //! anyone else's: engagement's rule for late activities is per user, so that history counts in
-//! the active-user tables like any other, also on the days only that player was active. The AI topic's insights and feedback are made up by the generator (the AI
-//! aggregate's events, as any client's insights would be); no command processor runs, so the
-//! commands the processors send stay in `diet.commands`, where the test reads them: the goals
-//! met, one `CreateInsight` per insight drawn, and the quests' commands, each on the event the
-//! rules say (no quest is ever confirmed, so every quest row stays `PENDING`).
+//! the active-user tables like any other, also on the days only that player was active. The
+//! AI topic's insights and feedback are made up by the generator (the AI aggregate's events, as
+//! any client's insights would be); no command processor runs, so the commands the processors
+//! send stay in `diet.commands`, where the test reads them: the goals met, one `CreateInsight`
+//! per insight drawn, and the quests' commands, each on the event the rules say (no quest is
+//! ever confirmed, so every quest row stays `PENDING`).
 
 mod common;
 

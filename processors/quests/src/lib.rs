@@ -361,8 +361,8 @@ fn drive_quests(state: &mut UserQuests, user: &str, event: &EventHeader) -> Vec<
             }
         }
         if let Some(quest) = state.quests.get_mut(&id) {
-            // An expired quest keeps the progress its period reached: by the event that ends
-            // it, a player back after a week or more has that period's days out of the window.
+            // An expired quest keeps the progress its period reached: the event that ends it
+            // is of a later period, by which the period's oldest days may have left the window.
             if !sent.failed {
                 quest.computed = Some(computed);
             }
