@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use dietstream_runtime::store::StateEncoding;
 use figment::Jail;
 
 use super::*;
@@ -316,6 +317,21 @@ fn the_generation_check_interval_is_read_and_must_be_above_zero() {
                 .contains("processors.generation_check_interval: must be above zero"),
             "{err}"
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn the_state_encoding_is_compact_unless_set_to_json() {
+    jailed(|jail| {
+        let config = load_in_jail(None).expect("valid");
+        assert_eq!(config.processors.state_encoding, StateEncoding::Compact);
+        jail.set_env("DIETSTREAM_PROCESSORS__STATE_ENCODING", "json");
+        let config = load_in_jail(None).expect("valid");
+        assert_eq!(config.processors.state_encoding, StateEncoding::Json);
+        jail.set_env("DIETSTREAM_PROCESSORS__STATE_ENCODING", "xml");
+        let err = load_in_jail(None).expect_err("xml accepted");
+        assert!(err.to_string().contains("state_encoding"), "{err}");
         Ok(())
     });
 }

@@ -47,7 +47,7 @@ use crate::dead_letter::{dead_letter_headers, Rejection};
 use crate::metrics::{ProcessorMetrics, Rebalance as RebalanceKind};
 use crate::partials::{self, PartialSums, Partials};
 use crate::projection::{Effects, Origin, Projection, Row};
-use crate::store::{Store, StoreError, Stored};
+use crate::store::{StateEncoding, Store, StoreError, Stored};
 use crate::RetryPolicy;
 
 /// A processor's place in the topology, names prefixed as configured.
@@ -136,6 +136,9 @@ pub struct LoopConfig {
     /// rebuild that became active (`dietstream replay`); it then switches to the new tables.
     #[serde(with = "humantime_serde")]
     pub generation_check_interval: Duration,
+    /// How states are saved: `compact` (the default) or `json`, for the first step of a
+    /// rolling upgrade from a version that reads only JSON ([`StateEncoding`]).
+    pub state_encoding: StateEncoding,
 }
 
 impl LoopConfig {
@@ -195,6 +198,7 @@ impl Default for LoopConfig {
             idle_interval: Duration::from_millis(200),
             // One small CQL read per processor; a switch-over within seconds is soon enough.
             generation_check_interval: Duration::from_secs(5),
+            state_encoding: StateEncoding::Compact,
         }
     }
 }
@@ -1072,8 +1076,8 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
                 store.save_all(
                     &work.source,
                     &work.partials,
-                    in_flight,
-                    batch_bytes,
+                    config.state_encoding,
+                    (in_flight, batch_bytes),
                     observe_state
                 ),
                 store.write_all(&work.rows, in_flight, batch_bytes, observe_row),
@@ -1084,8 +1088,8 @@ async fn write<P: Projection, R: SchemaRegistry + 'static>(
                 .save_all(
                     &work.source,
                     &work.states,
-                    in_flight,
-                    batch_bytes,
+                    config.state_encoding,
+                    (in_flight, batch_bytes),
                     observe_state,
                 )
                 .await

@@ -107,6 +107,34 @@ pub enum StateCodecError {
     /// JSON bytes (a state saved before the compact form) that are not a state of this type.
     #[error("JSON state does not decode: {0}")]
     Json(#[from] serde_json::Error),
+    /// The state does not serialise as JSON (a bug in its type).
+    #[error("state does not encode as JSON: {0}")]
+    JsonEncode(serde_json::Error),
+}
+
+/// How the loop saves states (`processors.state_encoding`): compact ([`encode_state`], the
+/// default) or as JSON, which versions before the compact form (2026-12-07) read too. JSON is
+/// for the first step of a rolling upgrade from such a version: run the new version with
+/// `json` until no instance of the old one is left, then switch to `compact`. Both are read
+/// whatever the setting ([`decode_state`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateEncoding {
+    /// [`encode_state`].
+    #[default]
+    Compact,
+    /// JSON, as states were saved before the compact form.
+    Json,
+}
+
+impl StateEncoding {
+    /// The bytes `state` is saved as in this encoding.
+    pub fn encode<S: serde::Serialize>(self, state: &S) -> Result<Vec<u8>, StateCodecError> {
+        match self {
+            StateEncoding::Compact => encode_state(state),
+            StateEncoding::Json => serde_json::to_vec(state).map_err(StateCodecError::JsonEncode),
+        }
+    }
 }
 
 /// The bytes a state is saved as in the state table's `state` column: [`COMPACT_STATE`], then
@@ -401,14 +429,15 @@ impl Store {
     /// (`source`), so each request is one unlogged single-partition batch, which the replicas
     /// apply as one mutation. A batch holds states whose bytes add up to at most
     /// `max_batch_bytes` (a larger state goes alone), at most `max_in_flight` requests at a
-    /// time (the states are of distinct entities, so their order does not matter). `observe`
-    /// is called once per state with the time its request took, failed or not.
+    /// time (the states are of distinct entities, so their order does not matter), each in
+    /// `encoding`. `observe` is called once per state with the time its request took, failed
+    /// or not.
     pub async fn save_all<S: serde::Serialize>(
         &self,
         source: &str,
         states: &[(String, Stored<S>)],
-        max_in_flight: usize,
-        max_batch_bytes: usize,
+        encoding: StateEncoding,
+        (max_in_flight, max_batch_bytes): (usize, usize),
         observe: impl Fn(Duration),
     ) -> Result<(), StoreError> {
         let failed = |message: String| StoreError::Execute {
@@ -418,7 +447,9 @@ impl Store {
         };
         let mut encoded = Vec::with_capacity(states.len());
         for (entity, stored) in states {
-            let state = encode_state(&stored.state).map_err(|e| failed(e.to_string()))?;
+            let state = encoding
+                .encode(&stored.state)
+                .map_err(|e| failed(e.to_string()))?;
             encoded.push((
                 &self.save,
                 (source, entity.as_str(), state, stored.applied_offset),
