@@ -1,6 +1,6 @@
 //! What one player's saved state costs each read-model processor as the player's history
 //! grows. No servers: the projections run in memory ([`MemoryRun`]), and each state is encoded
-//! as the store saves it ([`encode_state`]).
+//! as the store saves it (`dietstream_runtime::store::encode_state`).
 //!
 //! The loop saves every entity a batch changed, whole, once per batch. A player's events are
 //! usually minutes apart, so in a live game nearly every event of theirs is a batch of its own
@@ -33,7 +33,7 @@ use dietstream_insights::InsightsProjection;
 use dietstream_nutrition::NutritionProjection;
 use dietstream_quests::QuestsProjection;
 use dietstream_runtime::memory::MemoryRun;
-use dietstream_runtime::store::{decode_state, encode_state};
+use dietstream_runtime::store::{decode_state, StateEncoding};
 use dietstream_runtime::{Origin, Projection};
 use dietstream_schemas::types::{
     AggregateType, EventHeader, MealDeleted, MealDeletedPayload, MealDeletionReason, MealItem,
@@ -47,9 +47,6 @@ use serde_json::json;
 use uuid::Uuid;
 
 use common::{env_or, is_full_run, machine_facts, out_dir, percentile, run_suffix};
-
-/// Turns a state into the bytes of one form.
-type Encoder<S> = fn(&S) -> Vec<u8>;
 
 const TOPIC: &str = "diet.events.user";
 const USER: &str = "user-0000042";
@@ -231,16 +228,12 @@ where
             times.sort_by(f64::total_cmp);
             percentile(&times, 0.5).unwrap_or_default()
         };
-        // The figures' prefix and the encoder of each form; `decode_state` reads both.
-        let forms: [(&str, Encoder<P::State>); 2] = [
-            ("", |state| encode_state(state).expect("encodes")),
-            ("json_", |state| {
-                serde_json::to_vec(state).expect("serialises")
-            }),
-        ];
+        // The figures' prefix and each encoding the store can save in; `decode_state` reads
+        // both.
+        let forms = [("", StateEncoding::Compact), ("json_", StateEncoding::Json)];
         let mut figures = json!({ "processor": self.projection.name(), "entity": entity });
-        for (form, encoder) in forms {
-            let bytes = &encoder(state);
+        for (form, encoding) in forms {
+            let bytes = &encoding.encode(state).expect("encodes");
             let back: P::State = decode_state(bytes).expect("decodes");
             assert_eq!(
                 &back,
@@ -249,7 +242,8 @@ where
                 self.projection.name()
             );
             let encode = median_us(&|| {
-                std::hint::black_box(encoder(std::hint::black_box(state)));
+                let bytes = encoding.encode(std::hint::black_box(state));
+                std::hint::black_box(bytes.expect("encodes"));
             });
             let decode = median_us(&|| {
                 let state: P::State = decode_state(std::hint::black_box(bytes)).expect("decodes");

@@ -261,47 +261,35 @@ fn player(rng: &mut StdRng, u: usize, first_day: i64, edges: &mut Edges) -> Vec<
         // from 23:35 on.
         let evening = |step: i64| at(23, 35) + step * MINUTE / 4;
         let open_from = month_start(day - 62);
+        // A lunch of about `kcal` eaten at `hour` on `eaten`, logged late: step `step` of the
+        // evening session.
+        let late_lunch =
+            |out: &mut Vec<Draft>,
+             meals: &mut Vec<(Uuid, i64, &'static str, Vec<MealItem>)>,
+             rng: &mut StdRng,
+             (step, eaten, hour, kcal): (i64, i64, i64, f64)| {
+                let id = Uuid::from_u128(rng.random());
+                let items = items(rng, kcal, fatty);
+                let eaten_at = eaten * DAY + hour * 60 * MINUTE;
+                let what = What::Meal(id, "LUNCH", eaten_at, items.clone());
+                draft(out, evening(step), session(day, "b"), what);
+                meals.push((id, eaten, "LUNCH", items));
+            };
         if let Some(f) = forgotten.filter(|f| day == f + 3) {
-            let id = Uuid::from_u128(rng.random());
-            let items = items(rng, 500.0, fatty);
-            draft(
-                &mut out,
-                evening(0),
-                session(day, "b"),
-                What::Meal(id, "LUNCH", f * DAY + 13 * 60 * MINUTE, items.clone()),
-            );
-            meals.push((id, f, "LUNCH", items));
+            late_lunch(&mut out, &mut meals, rng, (0, f, 13, 500.0));
             edges.streak_day_logged_late += 1;
         }
         if rng.random_bool(0.06) {
             let back = rng.random_range(1..=5);
-            let id = Uuid::from_u128(rng.random());
-            let items = items(rng, 500.0, fatty);
-            let eaten_at = (day - back) * DAY + 13 * 60 * MINUTE;
-            draft(
-                &mut out,
-                evening(1),
-                session(day, "b"),
-                What::Meal(id, "LUNCH", eaten_at, items.clone()),
-            );
-            meals.push((id, day - back, "LUNCH", items));
+            late_lunch(&mut out, &mut meals, rng, (1, day - back, 13, 500.0));
             edges.late_meals_open += 1;
         }
         if day - registered > 70 && rng.random_bool(0.05) {
             let back = rng.random_range(66..=(day - registered).min(100));
-            let eaten_at = (day - back) * DAY + 12 * 60 * MINUTE;
-            let id = Uuid::from_u128(rng.random());
-            let items = items(rng, 600.0, fatty);
-            draft(
-                &mut out,
-                evening(2),
-                session(day, "b"),
-                What::Meal(id, "LUNCH", eaten_at, items.clone()),
-            );
+            late_lunch(&mut out, &mut meals, rng, (2, day - back, 12, 600.0));
             if day - back < open_from {
                 edges.late_meals_closed += 1;
             }
-            meals.push((id, day - back, "LUNCH", items));
         }
         if day - registered > 70 && rng.random_bool(0.03) {
             let back = rng.random_range(66..=(day - registered).min(100));

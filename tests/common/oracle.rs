@@ -91,6 +91,21 @@ pub fn date_text(day: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The keys of either map whose values differ (or that one map lacks), in key order, with
+/// `want`'s and `got`'s values.
+fn differing<'a, K: Ord, V: PartialEq>(
+    want: &'a BTreeMap<K, V>,
+    got: &'a BTreeMap<K, V>,
+) -> Vec<(&'a K, Option<&'a V>, Option<&'a V>)> {
+    want.keys()
+        .chain(got.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| want.get(*k) != got.get(*k))
+        .map(|k| (k, want.get(k), got.get(k)))
+        .collect()
+}
+
 fn day_of(micros: i64) -> i64 {
     micros.div_euclid(MICROS_PER_DAY)
 }
@@ -922,19 +937,9 @@ pub async fn check_engagement(session: &Session, ks: &str, user: &[(i32, Event)]
             )
         })
         .collect();
-    let problems: Vec<String> = want
-        .keys()
-        .chain(got.keys())
-        .collect::<BTreeSet<_>>()
+    let problems: Vec<String> = differing(&want, &got)
         .into_iter()
-        .filter(|user| want.get(*user) != got.get(*user))
-        .map(|user| {
-            format!(
-                "{user}: table {:?} oracle {:?}",
-                got.get(user),
-                want.get(user)
-            )
-        })
+        .map(|(user, want, got)| format!("{user}: table {got:?} oracle {want:?}"))
         .collect();
     assert!(
         problems.is_empty(),
@@ -1868,14 +1873,7 @@ fn assert_same_per_instance<V: PartialEq + std::fmt::Debug>(
     want: &BTreeMap<QuestInstance, V>,
     got: &BTreeMap<QuestInstance, V>,
 ) {
-    let differ: Vec<_> = want
-        .keys()
-        .chain(got.keys())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .filter(|k| want.get(*k) != got.get(*k))
-        .map(|k| (k, want.get(k), got.get(k)))
-        .collect();
+    let differ = differing(want, got);
     assert!(
         differ.is_empty(),
         "quests {what}: {} expected, {} sent; (instance, expected, sent) differing: {differ:?}",
