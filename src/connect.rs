@@ -1,6 +1,7 @@
 //! Clients built from the configuration: one place that turns settings into a librdkafka
 //! config, schema-registry settings and a CQL session, so every command connects alike.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dietstream_schemas::registry::{ConfluentRegistry, RegistryAuth, RegistryError};
@@ -11,6 +12,7 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 
 use crate::config::{CqlConfig, CqlTlsConfig, KafkaConfig, SchemaRegistryConfig};
 
@@ -101,8 +103,31 @@ impl SchemaRegistryConfig {
 }
 
 impl CqlConfig {
-    /// Opens a session to the cluster (without selecting the keyspace: it may not exist yet).
+    /// Opens a session to the cluster (without selecting the keyspace: it may not exist yet),
+    /// built by [`CqlConfig::session_builder`].
     pub async fn session(&self) -> Result<Session, ConnectError> {
+        self.session_builder()?
+            .build()
+            .await
+            .map_err(|source| ConnectError::Cql {
+                contact_points: self.contact_points.join(","),
+                source: Box::new(source),
+            })
+    }
+
+    /// The settings every session opens with: contact points, timeouts, token-aware load
+    /// balancing, credentials and TLS, and **client-side write timestamps**.
+    ///
+    /// Each request carries a timestamp taken from this process's clock when it is sent,
+    /// strictly increasing per session (the scylla driver's `MonotonicTimestampGenerator`, the
+    /// Java driver's default). Without one, the node stamps a write when it applies it, so a
+    /// write that reaches the node late would override every newer write of the same cells:
+    /// a request that timed out on the client but was still queued on the node (the loop has
+    /// since retried it and gone on), or the last write of an instance whose partitions were
+    /// revoked. With the timestamp of its sending it loses to them, as it should. This relies
+    /// on the clocks of the instances that hand a partition over to each other being closer
+    /// than the handover takes (NTP keeps them within milliseconds; a rebalance takes longer).
+    pub fn session_builder(&self) -> Result<SessionBuilder, ConnectError> {
         let mut policy = DefaultPolicy::builder().token_aware(true);
         if let Some(dc) = &self.local_datacenter {
             policy = policy.prefer_datacenter(dc.clone());
@@ -121,10 +146,7 @@ impl CqlConfig {
         if let Some(tls) = &self.tls {
             builder = builder.tls_context(Some(ssl_context(tls)?));
         }
-        builder.build().await.map_err(|source| ConnectError::Cql {
-            contact_points: self.contact_points.join(","),
-            source: Box::new(source),
-        })
+        Ok(builder.timestamp_generator(Arc::new(MonotonicTimestampGenerator::new())))
     }
 
     /// Creates the configured keyspace with [`CqlConfig::replication`] unless it exists.
