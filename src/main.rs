@@ -397,7 +397,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Run { processor } => run_processor(processor, &config),
         Command::Replay { processor, args } => {
-            let options = args.options(config.kafka.request_timeout);
+            let options = interruptible(args.options(config.kafka.request_timeout));
             let runtime = tokio::runtime::Runtime::new()?;
             let summary = runtime.block_on(dietstream::replay::replay(
                 &config,
@@ -452,7 +452,7 @@ fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
             );
         }
         DlqCommand::Replay { processor, args } => {
-            let options = args.options(config.kafka.request_timeout);
+            let options = interruptible(args.options(config.kafka.request_timeout));
             let summary = runtime.block_on(dietstream::dlq::replay(
                 config,
                 &processor,
@@ -462,7 +462,8 @@ fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
             if let Some(rebuild) = &summary.rebuild {
                 print!("{rebuild}");
                 println!(
-                    "{} dead letter(s) re-driven; those that still fail are dead-lettered again                      with generation {} (`dietstream dlq list {processor}`)",
+                    "{} dead letter(s) re-driven; those that still fail are dead-lettered again \
+                     with generation {} (`dietstream dlq list {processor}`)",
                     summary.checked.len(),
                     rebuild.generation
                 );
@@ -470,6 +471,16 @@ fn dlq(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `options` interrupted by SIGTERM or Ctrl-C: the rebuild then records that it stopped, so
+/// that the next `replay` need not take over, and exits 1.
+fn interruptible(
+    mut options: dietstream::replay::ReplayOptions,
+) -> dietstream::replay::ReplayOptions {
+    use futures::FutureExt;
+    options.interrupt = Some(dietstream::run::termination().boxed().shared());
+    options
 }
 
 fn run_processor(processor: Processor, config: &Config) -> anyhow::Result<ExitCode> {

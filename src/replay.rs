@@ -17,6 +17,8 @@ use dietstream_runtime::{ProcessorMetrics, Projection, Store};
 use dietstream_schemas::catalog::Catalog;
 use dietstream_schemas::codec::Codec;
 use dietstream_topology::Topology;
+use futures::future::{BoxFuture, Shared};
+use futures::FutureExt;
 use rdkafka::error::KafkaError;
 
 use crate::config::Config;
@@ -71,6 +73,34 @@ pub enum ReplayError {
     /// The consume loop stopped before it caught up, without an error.
     #[error("the rebuild of {0} stopped before it caught up")]
     Stopped(String),
+    /// The rebuild was interrupted ([`ReplayOptions::interrupt`]) before it caught up.
+    #[error(
+        "the rebuild of generation {generation} of {processor} was interrupted before it caught \
+         up; the previous generation still serves. Its tables are left; run replay again (it \
+         builds a new generation)"
+    )]
+    Interrupted {
+        /// The processor.
+        processor: String,
+        /// The generation being built.
+        generation: u32,
+    },
+    /// A rebuild of the processor is recorded as running: another `replay` or `dlq replay`,
+    /// or one whose process was killed. Nothing was started or changed.
+    #[error(
+        "generation {generation} of {processor} is being rebuilt (since {since}): another \
+         `replay` or `dlq replay` of {processor} runs, or one was killed before it ended. Wait \
+         for it; if none runs, start again with --take-over (generation {generation} is then \
+         left, and not made active)"
+    )]
+    InProgress {
+        /// The processor.
+        processor: String,
+        /// The generation recorded as building.
+        generation: u32,
+        /// When that rebuild began, as RFC 3339 (UTC), or "an unknown time".
+        since: String,
+    },
 }
 
 impl From<dietstream_runtime::StoreError> for ReplayError {
@@ -79,8 +109,12 @@ impl From<dietstream_runtime::StoreError> for ReplayError {
     }
 }
 
+/// Resolves when a rebuild is to stop before it caught up (SIGTERM or Ctrl-C on the command
+/// line). Shared, so that it can be looked at more than once.
+pub type Interrupt = Shared<BoxFuture<'static, ()>>;
+
 /// How a rebuild runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ReplayOptions {
     /// Time between two progress lines.
     pub progress_interval: Duration,
@@ -88,6 +122,24 @@ pub struct ReplayOptions {
     pub wait_timeout: Option<Duration>,
     /// Timeout of each Kafka metadata and offset request.
     pub request_timeout: Duration,
+    /// Start even when the generations table records a rebuild of the processor as running
+    /// (one whose process was killed): that generation is left and never made active.
+    pub take_over: bool,
+    /// When it resolves, the rebuild stops its loop, records that it stopped and fails with
+    /// [`ReplayError::Interrupted`]; `None` runs until caught up or timed out.
+    pub interrupt: Option<Interrupt>,
+}
+
+impl std::fmt::Debug for ReplayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayOptions")
+            .field("progress_interval", &self.progress_interval)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("take_over", &self.take_over)
+            .field("interrupt", &self.interrupt.is_some())
+            .finish()
+    }
 }
 
 /// The command-line options of `replay` and `dlq replay`.
@@ -100,15 +152,21 @@ pub struct ReplayArgs {
     /// Time between two progress lines.
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
     pub progress_interval: Duration,
+    /// Start even though a rebuild of the processor is recorded as running, when none runs
+    /// any more (its process was killed); that rebuild's generation is never made active.
+    #[arg(long)]
+    pub take_over: bool,
 }
 
 impl ReplayArgs {
-    /// The options, with Kafka requests timing out after `request_timeout`.
+    /// The options, with Kafka requests timing out after `request_timeout` (no interrupt).
     pub fn options(&self, request_timeout: Duration) -> ReplayOptions {
         ReplayOptions {
             progress_interval: self.progress_interval,
             wait_timeout: self.wait_timeout,
             request_timeout,
+            take_over: self.take_over,
+            interrupt: None,
         }
     }
 }
@@ -308,10 +366,64 @@ pub async fn rebuild<P: Projection>(
 ) -> Result<ReplaySummary, ReplayError> {
     let (session, keyspace) = (&env.session, env.keyspace.as_str());
     let name = projection.name();
+    if let Some(interrupt) = &options.interrupt {
+        // Polled once before anything is recorded, so that a signal handler behind it is in
+        // place from here on; a signal is then seen by the loop below.
+        let _ = interrupt.clone().now_or_never();
+    }
     generation::migrate(session, keyspace).await?;
-    let before = generation::load(session, keyspace, name).await?;
-    let target = before.next();
-    generation::begin(session, keyspace, name, target, now_ms()).await?;
+    let in_progress = |generations: &generation::Generations| {
+        let generation = generations.building?;
+        let since = generations.running_since?;
+        Some(ReplayError::InProgress {
+            processor: name.to_owned(),
+            generation,
+            since: chrono::DateTime::from_timestamp_millis(since).map_or_else(
+                || "an unknown time".to_owned(),
+                |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ),
+        })
+    };
+    // Read, check, and begin only if `building` is still what was read; when another rebuild
+    // changed it in between, read again (with `--take-over`, what it took over is a rebuild
+    // that was already running, so it is refused like one).
+    let mut take_over = options.take_over;
+    let (before, target) = loop {
+        let before = generation::load(session, keyspace, name).await?;
+        if !take_over {
+            if let Some(refused) = in_progress(&before) {
+                return Err(refused);
+            }
+        }
+        let target = before.next();
+        if generation::begin(session, keyspace, name, target, before.building, now_ms()).await? {
+            break (before, target);
+        }
+        take_over = false;
+    };
+    let built = build(env, projection, topics, options, progress, before, target).await;
+    if built.is_err() {
+        // Recorded as stopped, so that the next rebuild need not take over; its generation
+        // stays recorded as building, so the next one writes above it.
+        if let Err(error) = generation::stopped(session, keyspace, name, target).await {
+            tracing::warn!(processor = %name, generation = target, %error, "Recording the stopped rebuild failed; the next replay needs --take-over.");
+        }
+    }
+    built
+}
+
+/// The rebuild itself, once `target` is recorded as building.
+async fn build<P: Projection>(
+    env: &ReadModelEnv,
+    projection: Arc<P>,
+    topics: &ProcessorTopics,
+    options: &ReplayOptions,
+    progress: &mut (dyn FnMut(String) + Send),
+    before: generation::Generations,
+    target: u32,
+) -> Result<ReplaySummary, ReplayError> {
+    let (session, keyspace) = (&env.session, env.keyspace.as_str());
+    let name = projection.name();
     dietstream_runtime::store::migrate_generation(session, projection.as_ref(), keyspace, target)
         .await?;
     let store =
@@ -385,7 +497,21 @@ pub async fn rebuild<P: Projection>(
                 });
             }
         }
+        let interrupted = async {
+            match &options.interrupt {
+                Some(interrupt) => interrupt.clone().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = interrupted => {
+                let _ = stop.send(());
+                let _ = running.await;
+                return Err(ReplayError::Interrupted {
+                    processor: name.to_owned(),
+                    generation: target,
+                });
+            }
             finished = &mut running => {
                 return match finished {
                     Ok(Ok(_)) => Err(ReplayError::Stopped(name.to_owned())),
@@ -574,5 +700,16 @@ mod tests {
             let error = Wrapper::try_parse_from(bad.clone()).expect_err("refused");
             assert!(error.to_string().contains(bad[1]), "{error}");
         }
+    }
+
+    #[test]
+    fn taking_over_is_asked_for_and_never_the_default() {
+        let timeout = Duration::from_secs(30);
+        let plain = Wrapper::try_parse_from(["x"]).expect("parses");
+        assert!(!plain.args.options(timeout).take_over);
+        let taking = Wrapper::try_parse_from(["x", "--take-over"]).expect("parses");
+        let options = taking.args.options(timeout);
+        assert!(options.take_over);
+        assert!(options.interrupt.is_none());
     }
 }

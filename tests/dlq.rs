@@ -147,6 +147,8 @@ async fn fixed_dead_letters_are_applied_in_a_rebuild_and_marked_redriven() {
         progress_interval: Duration::from_secs(1),
         wait_timeout: Some(TIMEOUT),
         request_timeout: Duration::from_secs(30),
+        take_over: false,
+        interrupt: None,
     };
     let limit = Arc::new(AtomicI32::new(1_000));
 

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use common::events::{generations_row, produce, produce_event, table_rows, water, DAY_START, HOUR};
 use common::Stack;
-use dietstream::replay::ReplayOptions;
+use dietstream::replay::{ReplayError, ReplayOptions};
 use dietstream_nutrition::NutritionProjection;
-use dietstream_runtime::Projection;
+use dietstream_runtime::{generation, Projection};
 use dietstream_schemas::catalog::Catalog;
 use dietstream_schemas::codec::Codec;
 use dietstream_topology::{prefixed, Topology};
+use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -187,6 +188,8 @@ async fn a_rebuild_equals_the_live_tables_and_the_live_processor_switches_to_it(
         progress_interval: Duration::from_millis(200),
         wait_timeout: Some(TIMEOUT),
         request_timeout: Duration::from_secs(30),
+        take_over: false,
+        interrupt: None,
     };
     let summary =
         dietstream::replay::replay(&config, "nutrition", &options, &mut |line| lines.push(line))
@@ -294,4 +297,139 @@ async fn a_rebuild_equals_the_live_tables_and_the_live_processor_switches_to_it(
     live.await
         .expect("processor task")
         .expect("processor stopped cleanly");
+}
+
+/// One rebuild of a processor at a time: a rebuild recorded as running (here one whose process
+/// was killed) refuses the next, in the library and on the command line; `--take-over` starts
+/// over; a rebuild that stops without switching (it gives up, or is interrupted) lets the next
+/// one start, above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_refuses_to_start_beside_a_running_one_and_takes_over_a_killed_one() {
+    common::init_tracing();
+    let stack = Stack::get().await;
+    let mut config = stack.with_topology().await;
+    config.cql.keyspace = common::unique_name("rq");
+    let session = dietstream::run::migrate(&config).await.expect("migrate");
+    let keyspace = config.cql.keyspace.clone();
+    let topic = prefixed(&config.topology.prefix, "diet.events.user");
+    let codec = Codec::new(
+        config.schema_registry.registry().expect("registry"),
+        &Catalog::embedded().expect("catalog"),
+    )
+    .expect("codec");
+    let (producer, user) = (stack.producer(), format!("{}-u", stack.prefix));
+    for v in 1..=3 {
+        let event = water(&user, v, DAY_START + v * HOUR, 250);
+        produce_event(&producer, &codec, &topic, 1, &event).await;
+    }
+    let load = || generation::load(&session, &keyspace, "nutrition");
+    let rebuild = |options: &ReplayOptions| {
+        let (config, options) = (config.clone(), options.clone());
+        async move { dietstream::replay::replay(&config, "nutrition", &options, &mut |_| {}).await }
+    };
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms");
+
+    // A rebuild whose process was killed: generation 1 is recorded as building since now.
+    // Beginning it again from the same read, as a rebuild started at the same moment would,
+    // is refused by the condition.
+    assert!(
+        generation::begin(&session, &keyspace, "nutrition", 1, None, now_ms)
+            .await
+            .expect("begin")
+    );
+    assert!(
+        !generation::begin(&session, &keyspace, "nutrition", 1, None, now_ms)
+            .await
+            .expect("begin"),
+        "two rebuilds began from the same read"
+    );
+
+    let options = ReplayOptions {
+        progress_interval: Duration::from_millis(200),
+        wait_timeout: Some(TIMEOUT),
+        request_timeout: Duration::from_secs(30),
+        take_over: false,
+        interrupt: None,
+    };
+    let refused = rebuild(&options)
+        .await
+        .expect_err("a rebuild is recorded as running");
+    assert!(
+        matches!(refused, ReplayError::InProgress { generation: 1, .. }),
+        "{refused:?}"
+    );
+    let running = load().await.expect("load");
+    assert_eq!((running.active, running.building), (0, Some(1)));
+    assert_eq!(running.running_since, Some(now_ms), "nothing changed");
+
+    let mut command = common::dietstream_command(&config);
+    command.args(["replay", "nutrition"]);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("dietstream task")
+        .expect("dietstream runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("generation 1 of nutrition is being rebuilt")
+            && stderr.contains("--take-over"),
+        "{stderr}"
+    );
+
+    // Taking over builds generation 2, above the killed one, and makes it active.
+    let take_over = ReplayOptions {
+        take_over: true,
+        ..options.clone()
+    };
+    let summary = rebuild(&take_over).await.expect("take over");
+    assert_eq!((summary.previous, summary.generation), (0, 2));
+    assert_eq!(summary.run.applied, 3, "{summary:?}");
+    let switched = load().await.expect("load");
+    assert_eq!((switched.active, switched.building), (2, None));
+
+    // A rebuild that gives up at once is recorded as stopped...
+    let hasty = ReplayOptions {
+        wait_timeout: Some(Duration::from_millis(1)),
+        ..options.clone()
+    };
+    let gave_up = rebuild(&hasty).await.expect_err("gives up");
+    assert!(
+        matches!(gave_up, ReplayError::Timeout { generation: 3, .. }),
+        "{gave_up:?}"
+    );
+    let stopped = load().await.expect("load");
+    assert_eq!(
+        (stopped.active, stopped.building, stopped.running_since),
+        (2, Some(3), None)
+    );
+
+    // ...and so is one interrupted (what SIGTERM or Ctrl-C do on the command line)...
+    let interrupted = ReplayOptions {
+        interrupt: Some(futures::future::ready(()).boxed().shared()),
+        ..options.clone()
+    };
+    let stopped_by_signal = rebuild(&interrupted).await.expect_err("interrupted");
+    assert!(
+        matches!(
+            stopped_by_signal,
+            ReplayError::Interrupted { generation: 4, .. }
+        ),
+        "{stopped_by_signal:?}"
+    );
+    let stopped = load().await.expect("load");
+    assert_eq!(
+        (stopped.active, stopped.building, stopped.running_since),
+        (2, Some(4), None)
+    );
+
+    // ...so the next one starts without taking over, and above them.
+    let summary = rebuild(&options).await.expect("after a stopped rebuild");
+    assert_eq!((summary.previous, summary.generation), (2, 5));
+    assert_eq!(summary.run.applied, 3, "{summary:?}");
 }

@@ -7,6 +7,12 @@
 //! `read_model_generations` in the keyspace records, per processor, the generation that serves
 //! (`active`) and the one being built (`building`); a processor without a row serves
 //! generation 0.
+//!
+//! One rebuild of a processor at a time: [`begin`] and [`activate`] are lightweight
+//! transactions on `building`, so of two rebuilds that begin at once only one does, and a
+//! rebuild that another has taken over is not made active. `started_at` is set when a rebuild
+//! begins and emptied by [`stopped`] when one ends without switching, so `building` with a
+//! `started_at` is a rebuild still running, or one whose process was killed.
 
 use std::sync::Arc;
 
@@ -74,6 +80,9 @@ pub struct Generations {
     /// The generation a rebuild is writing, when one started and has not switched yet (or
     /// was abandoned).
     pub building: Option<u32>,
+    /// When the rebuild of `building` began (ms since the epoch), while it runs: `None` once
+    /// it stopped without switching. A killed rebuild keeps it.
+    pub running_since: Option<i64>,
 }
 
 impl Generations {
@@ -111,7 +120,8 @@ pub async fn load(
     let rows = session
         .query_unpaged(
             format!(
-                "SELECT active, building FROM {keyspace}.{GENERATIONS_TABLE} WHERE processor = ?"
+                "SELECT active, building, started_at FROM {keyspace}.{GENERATIONS_TABLE} \
+                 WHERE processor = ?"
             ),
             (processor,),
         )
@@ -120,13 +130,14 @@ pub async fn load(
         .into_rows_result()
         .map_err(|e| failed("load", e))?;
     let row = rows
-        .maybe_first_row::<(Option<i32>, Option<i32>)>()
+        .maybe_first_row::<(Option<i32>, Option<i32>, Option<CqlTimestamp>)>()
         .map_err(|e| failed("load", e))?;
     let generation = |value: Option<i32>| value.and_then(|v| u32::try_from(v).ok());
     Ok(match row {
-        Some((active, building)) => Generations {
+        Some((active, building, started_at)) => Generations {
             active: generation(active).unwrap_or(0),
             building: generation(building),
+            running_since: started_at.filter(|_| building.is_some()).map(|at| at.0),
         },
         None => Generations::default(),
     })
@@ -136,25 +147,75 @@ fn cql_generation(generation: u32) -> Result<i32, StoreError> {
     i32::try_from(generation).map_err(|e| failed("save", e))
 }
 
-/// Records that `generation` of `processor` is being built, from `now_ms`.
+/// Records that `generation` of `processor` is being built, from `now_ms`, if the generation
+/// recorded as building is still `replaces` (`None`: none), as the caller read it. A
+/// lightweight transaction: when another rebuild began since that read, nothing changes and
+/// the answer is false.
 pub async fn begin(
     session: &Session,
     keyspace: &str,
     processor: &str,
     generation: u32,
+    replaces: Option<u32>,
     now_ms: i64,
-) -> Result<(), StoreError> {
-    session
-        .query_unpaged(
-            format!(
-                "UPDATE {keyspace}.{GENERATIONS_TABLE} SET building = ?, started_at = ? \
-                 WHERE processor = ?"
-            ),
-            (cql_generation(generation)?, CqlTimestamp(now_ms), processor),
-        )
+) -> Result<bool, StoreError> {
+    let replaces = replaces.map(cql_generation).transpose()?;
+    conditional(
+        session,
+        format!(
+            "UPDATE {keyspace}.{GENERATIONS_TABLE} SET building = ?, started_at = ? \
+             WHERE processor = ? IF building = ?"
+        ),
+        (
+            cql_generation(generation)?,
+            CqlTimestamp(now_ms),
+            processor,
+            replaces,
+        ),
+    )
+    .await
+}
+
+/// Records that the rebuild of `generation` stopped without switching: `started_at` is
+/// emptied, and `building` kept, so the next rebuild still writes a generation above it.
+/// False (nothing changed) when another rebuild has taken over since.
+pub async fn stopped(
+    session: &Session,
+    keyspace: &str,
+    processor: &str,
+    generation: u32,
+) -> Result<bool, StoreError> {
+    conditional(
+        session,
+        format!(
+            "UPDATE {keyspace}.{GENERATIONS_TABLE} SET started_at = null WHERE processor = ? \
+             IF building = ?"
+        ),
+        (processor, cql_generation(generation)?),
+    )
+    .await
+}
+
+/// Runs a lightweight transaction; whether it applied.
+async fn conditional(
+    session: &Session,
+    statement: String,
+    values: impl scylla::serialize::row::SerializeRow,
+) -> Result<bool, StoreError> {
+    let rows = session
+        .query_unpaged(statement, values)
         .await
+        .map_err(|e| failed("save", e))?
+        .into_rows_result()
         .map_err(|e| failed("save", e))?;
-    Ok(())
+    // `[applied]` first, then (when not applied) the values the condition saw.
+    let row = rows
+        .first_row::<scylla::value::Row>()
+        .map_err(|e| failed("save", e))?;
+    Ok(matches!(
+        row.columns.first(),
+        Some(Some(scylla::value::CqlValue::Boolean(true)))
+    ))
 }
 
 /// Records that `generation` of `processor`, with these tables, serves from `now_ms` on; a
@@ -169,32 +230,21 @@ pub async fn activate(
     tables: &[String],
     now_ms: i64,
 ) -> Result<bool, StoreError> {
-    let rows = session
-        .query_unpaged(
-            format!(
-                "UPDATE {keyspace}.{GENERATIONS_TABLE} SET active = ?, building = null, \
-                 switched_at = ?, tables = ? WHERE processor = ? IF building = ?"
-            ),
-            (
-                cql_generation(generation)?,
-                CqlTimestamp(now_ms),
-                tables.to_vec(),
-                processor,
-                cql_generation(generation)?,
-            ),
-        )
-        .await
-        .map_err(|e| failed("save", e))?
-        .into_rows_result()
-        .map_err(|e| failed("save", e))?;
-    // `[applied]` first, then (when not applied) the values the condition saw.
-    let row = rows
-        .first_row::<scylla::value::Row>()
-        .map_err(|e| failed("save", e))?;
-    Ok(matches!(
-        row.columns.first(),
-        Some(Some(scylla::value::CqlValue::Boolean(true)))
-    ))
+    conditional(
+        session,
+        format!(
+            "UPDATE {keyspace}.{GENERATIONS_TABLE} SET active = ?, building = null, \
+             switched_at = ?, tables = ? WHERE processor = ? IF building = ?"
+        ),
+        (
+            cql_generation(generation)?,
+            CqlTimestamp(now_ms),
+            tables.to_vec(),
+            processor,
+            cql_generation(generation)?,
+        ),
+    )
+    .await
 }
 
 /// The tables of `projection` in `generation`, its state table last.
@@ -319,11 +369,13 @@ mod tests {
         let abandoned = Generations {
             active: 1,
             building: Some(4),
+            running_since: None,
         };
         assert_eq!(abandoned.next(), 5);
         let settled = Generations {
             active: 3,
             building: None,
+            running_since: None,
         };
         assert_eq!(settled.next(), 4);
     }
