@@ -817,31 +817,62 @@ fn query(command: QueryCommand, config: &Config) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The group serving each consumer now: a read model's active generation (`<group>.g<N>`
-/// after a rebuild), the topology's group otherwise. When the generations cannot be read, the
-/// topology's groups, with a warning.
-fn serving_groups(
-    config: &Config,
-    consumers: &[&dietstream_topology::DesiredConsumer],
-) -> Vec<String> {
-    let topology_groups = || consumers.iter().map(|c| c.group.clone()).collect();
-    let read_models = |c: &&dietstream_topology::DesiredConsumer| {
-        dietstream::run::READ_MODELS.contains(&c.processor.as_str())
-    };
-    if !consumers.iter().any(read_models) {
-        return topology_groups();
+/// The group serving each consumer: a read model's active generation (`<group>.g<N>` after a
+/// rebuild), the topology's group otherwise. [`ServingGroups::look`] reads the generations
+/// again, so that `lag --wait` or `--watch` across a rebuild's switch follows the processor
+/// to its new group instead of waiting on the one it left.
+struct ServingGroups<'a> {
+    consumers: &'a [&'a dietstream_topology::DesiredConsumer],
+    /// A runtime and a session, when a consumer is a read model and the session opened.
+    cql: Option<(tokio::runtime::Runtime, scylla::client::session::Session)>,
+    keyspace: String,
+    /// The groups of the last look: the topology's until the generations have been read.
+    groups: Vec<String>,
+    /// Whether a failed look has been reported (once, until one succeeds again).
+    warned: bool,
+}
+
+impl<'a> ServingGroups<'a> {
+    fn new(
+        config: &Config,
+        consumers: &'a [&'a dietstream_topology::DesiredConsumer],
+    ) -> ServingGroups<'a> {
+        let read_model = consumers
+            .iter()
+            .any(|c| dietstream::run::READ_MODELS.contains(&c.processor.as_str()));
+        let cql = read_model
+            .then(|| {
+                let runtime = tokio::runtime::Runtime::new()?;
+                let session = runtime.block_on(config.cql.session())?;
+                anyhow::Ok((runtime, session))
+            })
+            .transpose()
+            .unwrap_or_else(|error| {
+                eprintln!(
+                    "warning: read-model generations not read ({error:#}); showing generation 0"
+                );
+                None
+            });
+        ServingGroups {
+            consumers,
+            cql,
+            keyspace: config.cql.keyspace.clone(),
+            groups: consumers.iter().map(|c| c.group.clone()).collect(),
+            warned: false,
+        }
     }
-    let resolved = tokio::runtime::Runtime::new()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                let session = config.cql.session().await?;
-                let mut groups = Vec::with_capacity(consumers.len());
-                for c in consumers {
+
+    /// The groups serving now. When the generations cannot be read this time, the groups of
+    /// the last look, with a warning.
+    fn look(&mut self) -> &[String] {
+        if let Some((runtime, session)) = &self.cql {
+            let read = runtime.block_on(async {
+                let mut groups = Vec::with_capacity(self.consumers.len());
+                for c in self.consumers {
                     groups.push(
                         dietstream::read_model::serving_group(
-                            &session,
-                            &config.cql.keyspace,
+                            session,
+                            &self.keyspace,
                             &c.processor,
                             &c.group,
                         )
@@ -849,12 +880,18 @@ fn serving_groups(
                     );
                 }
                 anyhow::Ok(groups)
-            })
-        });
-    resolved.unwrap_or_else(|error| {
-        eprintln!("warning: read-model generations not read ({error:#}); showing generation 0");
-        topology_groups()
-    })
+            });
+            match read {
+                Ok(groups) => (self.groups, self.warned) = (groups, false),
+                Err(error) if !self.warned => {
+                    eprintln!("warning: read-model generations not read ({error:#}); showing the groups read before");
+                    self.warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+        &self.groups
+    }
 }
 
 fn lag(
@@ -882,7 +919,7 @@ fn lag(
     {
         bail!("no processor {unknown:?} in the topology");
     }
-    let groups = serving_groups(config, &consumers);
+    let mut serving = ServingGroups::new(config, &consumers);
     let client = config.kafka.client_config();
     let started = Instant::now();
     let deadline = wait.map(|w| started + w);
@@ -891,7 +928,7 @@ fn lag(
     loop {
         let mut lines = Vec::new();
         let mut samples = Vec::new();
-        for (c, group) in consumers.iter().zip(&groups) {
+        for (c, group) in consumers.iter().zip(serving.look()) {
             let lag = dietstream::kafka::group_lag(
                 &client,
                 group,

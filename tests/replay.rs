@@ -301,8 +301,8 @@ async fn a_rebuild_equals_the_live_tables_and_the_live_processor_switches_to_it(
 
 /// One rebuild of a processor at a time: a rebuild recorded as running (here one whose process
 /// was killed) refuses the next, in the library and on the command line; `--take-over` starts
-/// over; a rebuild that stops without switching (it gives up, or is interrupted) lets the next
-/// one start, above it.
+/// over, and a `lag --wait` started before follows the switch; a rebuild that stops without
+/// switching (it gives up, or is interrupted) lets the next one start, above it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_refuses_to_start_beside_a_running_one_and_takes_over_a_killed_one() {
     common::init_tracing();
@@ -334,6 +334,40 @@ async fn a_rebuild_refuses_to_start_beside_a_running_one_and_takes_over_a_killed
             .as_millis(),
     )
     .expect("ms");
+
+    // `lag --wait` started before any rebuild waits on generation 0's group, which nothing
+    // consumes (lag 3); its first table shows it has looked.
+    let mut lag_wait = common::dietstream_command(&config);
+    lag_wait
+        .args([
+            "lag",
+            "--processor",
+            "nutrition",
+            "--wait",
+            "120s",
+            "--watch",
+            "100ms",
+        ])
+        .stdout(std::process::Stdio::piped());
+    let mut lag_wait = lag_wait.spawn().expect("lag --wait runs");
+    let mut lag_lines = std::io::BufRead::lines(std::io::BufReader::new(
+        lag_wait.stdout.take().expect("stdout"),
+    ));
+    let lag_lines = tokio::task::spawn_blocking(move || {
+        let first = lag_lines
+            .find(|line| line.as_ref().is_ok_and(|l| l.starts_with("nutrition")))
+            .expect("a table row")
+            .expect("a line");
+        let lag = first.split_whitespace().nth(3);
+        assert_eq!(
+            lag,
+            Some("3"),
+            "processor, committed, records/s, lag, eta: {first}"
+        );
+        lag_lines
+    })
+    .await
+    .expect("lag reader");
 
     // A rebuild whose process was killed: generation 1 is recorded as building since now.
     // Beginning it again from the same read, as a rebuild started at the same moment would,
@@ -392,6 +426,19 @@ async fn a_rebuild_refuses_to_start_beside_a_running_one_and_takes_over_a_killed
     assert_eq!(summary.run.applied, 3, "{summary:?}");
     let switched = load().await.expect("load");
     assert_eq!((switched.active, switched.building), (2, None));
+    // `lag --wait` follows the processor to generation 2's group, which has caught up.
+    let waited = tokio::task::spawn_blocking(move || {
+        let rest: Vec<String> = lag_lines.map_while(Result::ok).collect();
+        (lag_wait.wait().expect("lag --wait ends"), rest)
+    })
+    .await
+    .expect("lag waiter");
+    let (status, lines) = waited;
+    assert!(
+        status.success(),
+        "lag --wait did not follow the switch ({status}); its last table: {:?}",
+        &lines[lines.len().saturating_sub(2)..]
+    );
 
     // A rebuild that gives up at once is recorded as stopped...
     let hasty = ReplayOptions {
