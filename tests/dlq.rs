@@ -43,6 +43,7 @@ const TABLES: &[Table] = &[Table {
     name: "dl_water",
     key: &["user_id"],
     values: &["millilitres"],
+    set_once: &[],
 }];
 
 impl Projection for Capped {

@@ -74,16 +74,19 @@ const TABLES: &[Table] = &[
         name: "rt_water_days",
         key: &["user_id", "day"],
         values: &["millilitres", "logs"],
+        set_once: &[],
     },
     Table {
         name: "rt_water_partitions",
         key: &["source_partition"],
         values: &["millilitres"],
+        set_once: &[],
     },
     Table {
         name: "rt_water_day_partials",
         key: &["day", "source_partition"],
         values: &["millilitres", "users"],
+        set_once: &[],
     },
 ];
 

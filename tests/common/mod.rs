@@ -510,3 +510,48 @@ pub async fn simulate_with(
     assert_eq!((summary.timeouts, summary.errors), (0, 0), "{summary:?}");
     summary
 }
+
+/// Live rows and tombstone cells the node read to answer `query` (summed over its reads, from
+/// the query's trace). The trace's events are written after the answer, so it is read until
+/// they are there.
+pub async fn rows_and_tombstones_read(session: &Session, query: &str) -> (u64, u64) {
+    let mut statement = scylla::statement::unprepared::Statement::new(query);
+    statement.set_tracing(true);
+    let result = session
+        .query_unpaged(statement, ())
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"));
+    let id = result
+        .tracing_id()
+        .expect("a traced query has a tracing id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts: Vec<(u64, u64)> = session
+            .get_tracing_info(&id)
+            .await
+            .map(|info| info.events)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|event| {
+                // "Read 12 live rows and 34 tombstone cells"
+                let words: Vec<&str> = event.activity.as_deref()?.split_whitespace().collect();
+                match words.as_slice() {
+                    ["Read", live, "live", "rows", "and", tombstones, "tombstone", "cells", ..] => {
+                        Some((live.parse().ok()?, tombstones.parse().ok()?))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        if !counts.is_empty() {
+            return counts
+                .iter()
+                .fold((0, 0), |(l, t), (live, tomb)| (l + live, t + tomb));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{query}: no read in the trace after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -48,6 +48,7 @@ pub const USERS: Table = Table {
         "sessions_total",
         "engagement_score",
     ],
+    set_once: &[],
 };
 
 /// One row per session of a user.
@@ -55,6 +56,7 @@ pub const SESSIONS: Table = Table {
     name: "engagement_user_sessions",
     key: &["user_id", "started_at"],
     values: &["session_id", "ended_at", "events", "duration_seconds"],
+    set_once: &[],
 };
 
 /// One row per user and social source partition: the user's social counts there.
@@ -70,6 +72,7 @@ pub const SOCIAL: Table = Table {
         "friends_added",
         "last_social_at",
     ],
+    set_once: &[],
 };
 
 /// Distinct active users of one period in one source partition (a partial count).
@@ -77,6 +80,7 @@ pub const ACTIVE_USERS: Table = Table {
     name: "engagement_active_users",
     key: &["period", "period_start", "source", "source_partition"],
     values: &["users"],
+    set_once: &[],
 };
 
 /// One row per user active on a day through one source partition.
@@ -84,6 +88,7 @@ pub const ACTIVE_USER_DAYS: Table = Table {
     name: "engagement_active_user_days",
     key: &["day", "user_id", "source", "source_partition"],
     values: &["first_activity_at"],
+    set_once: &[],
 };
 
 /// Users of a registration week active in a later week, per source partition.
@@ -91,6 +96,7 @@ pub const COHORTS: Table = Table {
     name: "engagement_cohorts",
     key: &["cohort_week", "week_offset", "source_partition"],
     values: &["active_users"],
+    set_once: &[],
 };
 
 /// The partial tables: one count per key and source partition, summed when read.

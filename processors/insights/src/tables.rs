@@ -37,6 +37,7 @@ pub const TABLES: &[Table] = &[
             "evidence_event_ids",
             "created_at",
         ],
+        set_once: &[],
     },
     Table {
         name: ACCEPTANCE_BY_USER,
@@ -49,11 +50,13 @@ pub const TABLES: &[Table] = &[
             "rating_sum",
             "acceptance_rate",
         ],
+        set_once: &[],
     },
     Table {
         name: ACCEPTANCE_ALL_USERS,
         key: &["insight_kind", "source_partition"],
         values: &ACCEPTANCE_VALUES,
+        set_once: &[],
     },
 ];
 

@@ -113,21 +113,25 @@ pub const TABLES: &[Table] = &[
         name: USER_DAILY,
         key: &["user_id", "day"],
         values: &DAILY_VALUES,
+        set_once: &[],
     },
     Table {
         name: USER_WEEKLY,
         key: &["user_id", "week_start"],
         values: &PERIOD_VALUES,
+        set_once: &[],
     },
     Table {
         name: USER_MONTHLY,
         key: &["user_id", "month_start"],
         values: &PERIOD_VALUES,
+        set_once: &[],
     },
     Table {
         name: DAILY_ALL_USERS,
         key: &["day", "source_partition"],
         values: &ALL_USERS_VALUES,
+        set_once: &[],
     },
 ];
 

@@ -60,6 +60,18 @@ const TABLES: &[Table] = &[
             "xp_reward",
             "xp_claimed",
         ],
+        // Null until the quest reaches them, never null again (a quest does not leave a
+        // status it reached, and its period and deadline are fixed at its start).
+        set_once: &[
+            "computed_progress",
+            "period_start",
+            "deadline",
+            "started_at",
+            "completed_at",
+            "failed_at",
+            "xp_reward",
+            "xp_claimed",
+        ],
     },
     Table {
         name: QUESTS_USER_TOTALS,
@@ -71,6 +83,7 @@ const TABLES: &[Table] = &[
             "rewards_claimed",
             "xp_claimed",
         ],
+        set_once: &[],
     },
 ];
 

@@ -18,7 +18,7 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dietstream_schemas::{Command, Event};
 use scylla::value::CqlValue;
@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::partials::{self, Partials};
-use crate::projection::{Origin, Projection, Row};
+use crate::projection::{Origin, Projection, Row, Table};
 use crate::store::{decode_state, encode_state, Stored};
 
 /// One table row as the model keeps it: its columns' values.
@@ -49,6 +49,9 @@ pub struct MemoryRun<S> {
     /// Partial rows as the state table holds them.
     partials_saved: HashMap<(String, i32), Partials>,
     tables: Tables,
+    /// (table, row key, column) whose last upsert gave null in a set-once column that held a
+    /// value ([`Table::set_once`]): the table keeps the old value.
+    cleared: BTreeSet<(&'static str, String, &'static str)>,
     commands: Vec<Command>,
     rejected: Vec<(i64, String)>,
 }
@@ -62,6 +65,7 @@ impl<S: Clone + Default> Default for MemoryRun<S> {
             partials_live: HashMap::new(),
             partials_saved: HashMap::new(),
             tables: Tables::new(),
+            cleared: BTreeSet::new(),
             commands: Vec::new(),
             rejected: Vec::new(),
         }
@@ -114,7 +118,7 @@ impl<S: Clone + Default> MemoryRun<S> {
                 Ok(effects) => {
                     stored.applied_offset = offset;
                     for row in effects.rows {
-                        self.write(row);
+                        self.write(projection.tables(), row);
                     }
                     self.commands.extend(effects.commands);
                     self.dirty.push(key);
@@ -136,7 +140,7 @@ impl<S: Clone + Default> MemoryRun<S> {
                         }
                     }
                     for row in rows {
-                        self.write(row);
+                        self.write(projection.tables(), row);
                     }
                 }
                 Err(error) => self.rejected.push((offset, error.to_string())),
@@ -193,24 +197,61 @@ impl<S: Clone + Default> MemoryRun<S> {
         self.crash();
     }
 
-    fn write(&mut self, row: Row) {
+    /// Writes `row` as the store does: a null in a set-once column of `declared` is unset, so
+    /// the value the row had stays.
+    fn write(&mut self, declared: &[Table], row: Row) {
         match row {
-            Row::Upsert { table, key, values } => {
-                self.tables
-                    .entry(table)
-                    .or_default()
-                    .insert(row_key(&key), values);
+            Row::Upsert {
+                table,
+                key,
+                mut values,
+            } => {
+                let key = row_key(&key);
+                let rows = self.tables.entry(table).or_default();
+                if let Some(declared) = declared.iter().find(|t| t.name == table) {
+                    let before = rows.get(&key);
+                    for (index, column) in declared.values.iter().enumerate() {
+                        if !declared.set_once.contains(column) {
+                            continue;
+                        }
+                        let cleared = (table, key.clone(), *column);
+                        match (&values[index], before.and_then(|b| b[index].as_ref())) {
+                            (None, Some(kept)) => {
+                                values[index] = Some(kept.clone());
+                                self.cleared.insert(cleared);
+                            }
+                            _ => {
+                                self.cleared.remove(&cleared);
+                            }
+                        }
+                    }
+                }
+                rows.insert(key, values);
             }
             Row::Delete { table, key } => {
+                let key = row_key(&key);
                 if let Some(rows) = self.tables.get_mut(table) {
-                    rows.remove(&row_key(&key));
+                    rows.remove(&key);
                 }
+                self.cleared.retain(|(t, k, _)| !(*t == table && *k == key));
             }
         }
     }
 
     /// The tables as written so far.
+    ///
+    /// # Panics
+    ///
+    /// When a row's last upsert gave null in a set-once column that held a value
+    /// ([`Table::set_once`]): the table keeps the old value, which the projection meant to
+    /// clear, so the column must not be declared set once.
     pub fn tables(&self) -> &Tables {
+        if let Some((table, key, column)) = self.cleared.first() {
+            panic!(
+                "{table} {key}: column {column} is declared set once, but the row's last \
+                 upsert made it null after it held a value"
+            );
+        }
         &self.tables
     }
 
@@ -229,5 +270,135 @@ impl<S: Clone + Default> MemoryRun<S> {
         self.live
             .get(&(topic.to_owned(), partition, entity.to_owned()))
             .map(|stored| &stored.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projection::{Effects, RuleError};
+    use dietstream_schemas::types::{
+        AggregateType, EventHeader, WaterIntakeLogged, WaterIntakeLoggedPayload,
+    };
+
+    const MARKS: Table = Table {
+        name: "marks",
+        key: &["user_id"],
+        values: &["drinks", "second_at"],
+        set_once: &["second_at"],
+    };
+
+    /// Counts a user's drinks; `second_at` is the time of the second one. With `clears`, it
+    /// is given only while the count is exactly two: a projection that clears a column it
+    /// declared set once.
+    struct Marks {
+        clears: bool,
+    }
+
+    impl Projection for Marks {
+        type State = (u32, Option<i64>);
+
+        fn name(&self) -> &'static str {
+            "marks"
+        }
+
+        fn tables(&self) -> &'static [Table] {
+            &[MARKS]
+        }
+
+        fn migrations(&self) -> Vec<String> {
+            Vec::new()
+        }
+
+        fn wants(&self, event_type: &str) -> bool {
+            event_type == "nutrition.water.logged"
+        }
+
+        fn entities(&self, event: &Event, _: &Origin<'_>) -> Vec<String> {
+            vec![event.header().aggregate_id.clone()]
+        }
+
+        fn apply(
+            &self,
+            entity: &str,
+            (drinks, second_at): &mut Self::State,
+            event: &Event,
+            _: &Origin<'_>,
+        ) -> Result<Effects, RuleError> {
+            *drinks += 1;
+            if *drinks == 2 {
+                *second_at = Some(event.header().timestamp);
+            }
+            let shown = second_at.filter(|_| !self.clears || *drinks == 2);
+            Ok(Effects {
+                rows: vec![Row::upsert(
+                    MARKS.name,
+                    vec![CqlValue::Text(entity.to_owned())],
+                    vec![
+                        Some(CqlValue::Int(i32::try_from(*drinks).unwrap_or(i32::MAX))),
+                        shown.map(CqlValue::BigInt),
+                    ],
+                )],
+                ..Effects::default()
+            })
+        }
+    }
+
+    fn drink(timestamp: i64) -> Event {
+        Event::WaterIntakeLogged(WaterIntakeLogged {
+            header: EventHeader {
+                event_id: uuid::Uuid::from_u128(timestamp as u128),
+                event_type: "nutrition.water.logged".to_owned(),
+                aggregate_id: "ann".to_owned(),
+                aggregate_type: AggregateType::User,
+                version: timestamp,
+                timestamp,
+                user_id: Some("ann".to_owned()),
+                session_id: None,
+                correlation_id: None,
+                causation_id: None,
+                metadata: Default::default(),
+            },
+            payload: WaterIntakeLoggedPayload {
+                intake_id: uuid::Uuid::from_u128(timestamp as u128),
+                millilitres: 250,
+                drunk_at: timestamp,
+            },
+        })
+    }
+
+    fn row(run: &MemoryRun<(u32, Option<i64>)>) -> Values {
+        run.tables()["marks"][&row_key(&[CqlValue::Text("ann".to_owned())])].clone()
+    }
+
+    #[test]
+    fn a_set_once_column_keeps_its_value_through_a_replay_of_older_records() {
+        let (projection, mut run) = (Marks { clears: false }, MemoryRun::new());
+        for offset in 0..2 {
+            run.deliver(&projection, "t", 0, offset, &drink(offset + 10));
+        }
+        assert_eq!(
+            row(&run),
+            vec![Some(CqlValue::Int(2)), Some(CqlValue::BigInt(11))]
+        );
+        // A crash before the states were saved: the first record is written again, from the
+        // old state, with `second_at` null; the table keeps 11 until the second comes again.
+        run.crash();
+        run.deliver(&projection, "t", 0, 0, &drink(10));
+        run.deliver(&projection, "t", 0, 1, &drink(11));
+        assert_eq!(
+            row(&run),
+            vec![Some(CqlValue::Int(2)), Some(CqlValue::BigInt(11))]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "column second_at is declared set once")]
+    fn a_projection_that_clears_a_set_once_column_is_shown() {
+        let (projection, mut run) = (Marks { clears: true }, MemoryRun::new());
+        for offset in 0..3 {
+            run.deliver(&projection, "t", 0, offset, &drink(offset + 10));
+        }
+        let _ = run.tables();
     }
 }

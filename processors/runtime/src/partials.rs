@@ -214,11 +214,13 @@ mod tests {
         name: "days",
         key: &["day", SOURCE_PARTITION],
         values: &["millilitres", "users"],
+        set_once: &[],
     };
     const USERS: Table = Table {
         name: "users",
         key: &["user_id"],
         values: &["millilitres"],
+        set_once: &[],
     };
 
     #[test]

@@ -76,6 +76,12 @@ pub struct Table {
     pub key: &'static [&'static str],
     /// The other columns, in the order of [`Row::Upsert`] values.
     pub values: &'static [&'static str],
+    /// Columns of `values` that the projection, once it has given a row of a key a value in
+    /// them, never makes null again (a quest's `completed_at`): while one is null in an
+    /// upsert, it is written as unset rather than null, so that it leaves no tombstone for
+    /// every write of the row. A projection that does make one null again would leave the old
+    /// value in the table: `MemoryRun` panics on that, so the projection's tests show it.
+    pub set_once: &'static [&'static str],
 }
 
 /// A write to a read-model table, with absolute values.
@@ -87,7 +93,8 @@ pub enum Row {
         table: &'static str,
         /// Primary key values, in [`Table::key`] order.
         key: Vec<CqlValue>,
-        /// Column values, in [`Table::values`] order; `None` writes null.
+        /// Column values, in [`Table::values`] order; `None` writes null, or nothing in a
+        /// column of [`Table::set_once`].
         values: Vec<Option<CqlValue>>,
     },
     /// Delete the row with this key.

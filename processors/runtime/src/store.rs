@@ -18,7 +18,7 @@ use scylla::errors::{BadQuery, ExecutionError, PagerExecutionError, PrepareError
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::CqlValue;
+use scylla::value::{CqlValue, MaybeUnset};
 
 use crate::generation::{map_statement, table_name};
 use crate::partials::{is_partial_entity, PartialSums, Partials};
@@ -261,6 +261,8 @@ struct TableStatements {
     table: Table,
     upsert: PreparedStatement,
     delete: PreparedStatement,
+    /// Per column of `table.values`: written as unset when null ([`Table::set_once`]).
+    unset_when_null: Vec<bool>,
 }
 
 /// The prepared statements of one processor.
@@ -314,6 +316,12 @@ impl Store {
         };
         let mut tables = HashMap::new();
         for table in projection.tables() {
+            if let Some(unknown) = table.set_once.iter().find(|c| !table.values.contains(c)) {
+                return Err(StoreError::BadRow {
+                    table: table.name.to_owned(),
+                    problem: format!("set-once column {unknown} is not one of its values"),
+                });
+            }
             let columns: Vec<&str> = table.key.iter().chain(table.values).copied().collect();
             let marks = vec!["?"; columns.len()].join(", ");
             let upsert = prepare(format!(
@@ -339,6 +347,11 @@ impl Store {
                     table: *table,
                     upsert,
                     delete,
+                    unset_when_null: table
+                        .values
+                        .iter()
+                        .map(|c| table.set_once.contains(c))
+                        .collect(),
                 },
             );
         }
@@ -517,16 +530,25 @@ impl Store {
         for (index, row) in rows.iter().enumerate() {
             self.check(row)?;
             let statements = &self.tables[row.table()];
-            let (statement, values): (&PreparedStatement, Vec<Option<&CqlValue>>) = match row {
-                Row::Upsert { key, values, .. } => (
-                    &statements.upsert,
-                    key.iter()
-                        .map(Some)
-                        .chain(values.iter().map(Option::as_ref))
-                        .collect(),
-                ),
-                Row::Delete { key, .. } => (&statements.delete, key.iter().map(Some).collect()),
-            };
+            fn set(value: &CqlValue) -> MaybeUnset<Option<&CqlValue>> {
+                MaybeUnset::Set(Some(value))
+            }
+            let (statement, values): (&PreparedStatement, Vec<MaybeUnset<Option<&CqlValue>>>) =
+                match row {
+                    Row::Upsert { key, values, .. } => (
+                        &statements.upsert,
+                        key.iter()
+                            .map(set)
+                            .chain(values.iter().zip(&statements.unset_when_null).map(
+                                |(value, unset_when_null)| match value {
+                                    None if *unset_when_null => MaybeUnset::Unset,
+                                    value => MaybeUnset::Set(value.as_ref()),
+                                },
+                            ))
+                            .collect(),
+                    ),
+                    Row::Delete { key, .. } => (&statements.delete, key.iter().map(set).collect()),
+                };
             // A key that cannot be computed (not expected for checked rows) goes alone.
             match statement.compute_partition_key(&values) {
                 Ok(key) => match by_key.get(&key) {
@@ -544,7 +566,16 @@ impl Store {
         for group in &groups {
             let sizes: Vec<usize> = group
                 .iter()
-                .map(|i| bound[*i].1.iter().flatten().map(|v| value_bytes(v)).sum())
+                .map(|i| {
+                    bound[*i]
+                        .1
+                        .iter()
+                        .filter_map(|v| match v {
+                            MaybeUnset::Set(Some(v)) => Some(value_bytes(v)),
+                            _ => None,
+                        })
+                        .sum()
+                })
                 .collect();
             for chunk in chunks(&sizes, max_batch_bytes) {
                 requests.push(&group[chunk]);
