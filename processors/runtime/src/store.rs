@@ -530,15 +530,12 @@ impl Store {
         for (index, row) in rows.iter().enumerate() {
             self.check(row)?;
             let statements = &self.tables[row.table()];
-            fn set(value: &CqlValue) -> MaybeUnset<Option<&CqlValue>> {
-                MaybeUnset::Set(Some(value))
-            }
             let (statement, values): (&PreparedStatement, Vec<MaybeUnset<Option<&CqlValue>>>) =
                 match row {
                     Row::Upsert { key, values, .. } => (
                         &statements.upsert,
                         key.iter()
-                            .map(set)
+                            .map(set_value)
                             .chain(values.iter().zip(&statements.unset_when_null).map(
                                 |(value, unset_when_null)| match value {
                                     None if *unset_when_null => MaybeUnset::Unset,
@@ -547,7 +544,9 @@ impl Store {
                             ))
                             .collect(),
                     ),
-                    Row::Delete { key, .. } => (&statements.delete, key.iter().map(set).collect()),
+                    Row::Delete { key, .. } => {
+                        (&statements.delete, key.iter().map(set_value).collect())
+                    }
                 };
             // A key that cannot be computed (not expected for checked rows) goes alone.
             match statement.compute_partition_key(&values) {
@@ -709,6 +708,11 @@ fn chunks(sizes: &[usize], budget: usize) -> Vec<std::ops::Range<usize>> {
 /// What Cassandra counts for a cell besides its value when it sizes a batch (timestamp, TTL
 /// and deletion time).
 const CELL_OVERHEAD: usize = 16;
+
+/// A value bound as given (never unset).
+fn set_value(value: &CqlValue) -> MaybeUnset<Option<&CqlValue>> {
+    MaybeUnset::Set(Some(value))
+}
 
 /// About how many bytes a value adds to a batch as Cassandra sizes it.
 fn value_bytes(value: &CqlValue) -> usize {
