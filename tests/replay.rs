@@ -14,8 +14,6 @@ use common::Stack;
 use dietstream::replay::{ReplayError, ReplayOptions};
 use dietstream_nutrition::NutritionProjection;
 use dietstream_runtime::{generation, Projection};
-use dietstream_schemas::catalog::Catalog;
-use dietstream_schemas::codec::Codec;
 use dietstream_topology::{prefixed, Topology};
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -105,11 +103,7 @@ async fn a_rebuild_equals_the_live_tables_and_the_live_processor_switches_to_it(
         .expect("nutrition consumer")
         .group
         .clone();
-    let codec = Codec::new(
-        config.schema_registry.registry().expect("registry"),
-        &Catalog::embedded().expect("catalog"),
-    )
-    .expect("codec");
+    let codec = common::codec_of(&config);
     let producer = stack.producer();
     for u in 0..12 {
         let user = format!("{}-u{u}", stack.prefix);
@@ -312,11 +306,7 @@ async fn a_rebuild_refuses_to_start_beside_a_running_one_and_takes_over_a_killed
     let session = dietstream::run::migrate(&config).await.expect("migrate");
     let keyspace = config.cql.keyspace.clone();
     let topic = prefixed(&config.topology.prefix, "diet.events.user");
-    let codec = Codec::new(
-        config.schema_registry.registry().expect("registry"),
-        &Catalog::embedded().expect("catalog"),
-    )
-    .expect("codec");
+    let codec = common::codec_of(&config);
     let (producer, user) = (stack.producer(), format!("{}-u", stack.prefix));
     for v in 1..=3 {
         let event = water(&user, v, DAY_START + v * HOUR, 250);

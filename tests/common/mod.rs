@@ -378,7 +378,8 @@ pub async fn commands_of(stack: &Stack, config: &Config, topic: &str) -> Vec<Com
     commands
 }
 
-fn codec_of(config: &Config) -> Codec<dietstream_schemas::registry::ConfluentRegistry> {
+/// A codec of `config`'s schema registry for the embedded catalog.
+pub fn codec_of(config: &Config) -> Codec<dietstream_schemas::registry::ConfluentRegistry> {
     Codec::new(
         config.schema_registry.registry().expect("registry"),
         &Catalog::embedded().expect("catalog"),
